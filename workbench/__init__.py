@@ -1,0 +1,1 @@
+"""RegNet fine-tuning workbench for TensorFlow 2 / Keras 3."""
