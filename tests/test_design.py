@@ -1,0 +1,66 @@
+"""The design space, the named models and their computed complexity."""
+import pytest
+
+from workbench.design import (CONFIGS, PUBLISHED, VARIANTS, RegNetConfig, complexity,
+                              generate_regnet, resolve_variant)
+
+
+def test_every_paper_size_of_both_families_is_named():
+    sizes = ["200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf",
+             "12gf", "16gf", "32gf"]
+    assert set(VARIANTS) == {f"regnet{f}_{s}" for f in "xy" for s in sizes}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_complexity_matches_published_table(name):
+    gf, mparams = PUBLISHED[name]
+    cx = complexity(CONFIGS[name])
+    assert cx["flops"] / 1e9 == pytest.approx(gf, rel=0.02)
+    assert cx["params"] / 1e6 == pytest.approx(mparams, rel=0.02)
+
+
+def test_quantized_linear_rule_gives_regnety_600mf_stages():
+    widths, depths = generate_regnet(48, 32.54, 2.32, 15)
+    assert widths == [48, 112, 256, 600] and depths == [1, 3, 7, 4]
+    stages = CONFIGS["regnety_600mf"].stages()   # widths made divisible by the group width
+    assert [s["width"] for s in stages] == [48, 112, 256, 608]
+    assert [s["group_width"] for s in stages] == [16] * 4
+
+
+def test_group_width_is_capped_by_stage_width():
+    # RegNetX-8GF: group width 120 but a first stage of width 80.
+    assert [s["group_width"] for s in CONFIGS["regnetx_8gf"].stages()] == [80, 120, 120, 120]
+
+
+def test_any_point_of_the_design_space():
+    cfg = RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25)
+    stages = cfg.stages()
+    assert len(stages) == 4 and sum(s["depth"] for s in stages) == 8
+    assert all(s["width"] % s["group_width"] == 0 for s in stages)
+    assert complexity(cfg)["flops"] > 0
+
+
+def test_invalid_design_points_are_refused():
+    with pytest.raises(ValueError, match="divisible"):
+        generate_regnet(30, 20.0, 2.5, 10)
+    with pytest.raises(ValueError, match="exactly 4"):
+        RegNetConfig(w0=24, wa=1.0, wm=2.5, depth=3, group_width=8).stages()
+
+
+@pytest.mark.parametrize("alias", ["regnety_600mf", "600mf", "600MF", "regnety006", "RegNetY006",
+                                   "y600mf", "regnety_006", "RegNetY-600MF"])
+def test_aliases(alias):
+    assert resolve_variant(alias) == "regnety_600mf"
+
+
+def test_x_aliases_and_gf_spellings():
+    assert resolve_variant("RegNetX032") == "regnetx_3.2gf"
+    assert resolve_variant("x4gf") == "regnetx_4gf"
+    assert resolve_variant("regnety_4.0gf") == "regnety_4gf"
+    assert resolve_variant("1.6GF") == "regnety_1.6gf"
+
+
+def test_unknown_variant_names_the_closest():
+    with pytest.raises(ValueError, match="regnety_600mf") as err:
+        resolve_variant("regnety_6000mf")
+    assert "Valid variants" in str(err.value)

@@ -1,0 +1,207 @@
+"""The RegNet design space: quantized linear widths, named models, complexity.
+
+Pure Python, no framework: `generate_regnet` turns the paper's parameters
+(w0, wa, wm, depth, group width) into per-stage widths and depths, named
+models are rows of parameters, and `complexity` counts multiply-adds and
+parameters the way pycls does, so "600MF" is computed, not quoted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+
+SIZES = ("200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf",
+         "4gf", "6.4gf", "8gf", "12gf", "16gf", "32gf")
+STEM_WIDTH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class RegNetConfig:
+    """One point of the RegNet design space (pycls parameter names)."""
+
+    w0: int
+    wa: float
+    wm: float
+    depth: int
+    group_width: int
+    se_ratio: float = 0.0
+    bottleneck_ratio: float = 1.0
+    quant: int = 8
+    name: str = "regnet_custom"
+
+    @property
+    def block_type(self) -> str:
+        return "Y" if self.se_ratio else "X"
+
+    def stages(self) -> list[dict]:
+        """Per stage: width, depth, group width, bottleneck ratio."""
+        widths, depths = generate_regnet(self.w0, self.wa, self.wm, self.depth, self.quant)
+        if len(widths) != 4:
+            raise ValueError(
+                f"{self.name}: the parameters give {len(widths)} stages "
+                f"(widths {widths}); RegNet needs exactly 4. Adjust w0/wa/wm/depth.")
+        out = []
+        for w, d in zip(widths, depths):
+            w_b = int(round(w * self.bottleneck_ratio))
+            g = min(self.group_width, w_b)
+            w_b = _quantize(w_b, g)
+            out.append(dict(width=int(round(w_b / self.bottleneck_ratio)), depth=d,
+                            group_width=g, bottleneck_ratio=self.bottleneck_ratio))
+        return out
+
+
+def _quantize(f: float, q: int) -> int:
+    """The closest non-zero multiple of q."""
+    return max(q, int(round(f / q) * q))
+
+
+def generate_regnet(w0: int, wa: float, wm: float, depth: int, q: int = 8):
+    """Quantized linear rule of the paper: (stage widths, stage depths)."""
+    if not (wa >= 0 and w0 > 0 and wm > 1 and w0 % q == 0 and depth > 0):
+        raise ValueError(
+            f"invalid design-space point w0={w0}, wa={wa}, wm={wm}, depth={depth}: "
+            f"need wa >= 0, w0 > 0 and divisible by q={q}, wm > 1, depth > 0")
+    widths = []
+    for j in range(depth):
+        u = w0 + wa * j                                  # continuous widths
+        s = round(math.log(u / w0) / math.log(wm))       # stage index of block j
+        widths.append(int(round(w0 * wm ** s / q) * q))
+    stage_widths, stage_depths = [], []
+    for w in widths:
+        if stage_widths and stage_widths[-1] == w:
+            stage_depths[-1] += 1
+        else:
+            stage_widths.append(w)
+            stage_depths.append(1)
+    return stage_widths, stage_depths
+
+
+# name: (w0, wa, wm, depth, group width); pycls / timm parameter rows.
+_X = {
+    "200mf": (24, 36.44, 2.49, 13, 8), "400mf": (24, 24.48, 2.54, 22, 16),
+    "600mf": (48, 36.97, 2.24, 16, 24), "800mf": (56, 35.73, 2.28, 16, 16),
+    "1.6gf": (80, 34.01, 2.25, 18, 24), "3.2gf": (88, 26.31, 2.25, 25, 48),
+    "4gf": (96, 38.65, 2.43, 23, 40), "6.4gf": (184, 60.83, 2.07, 17, 56),
+    "8gf": (80, 49.56, 2.88, 23, 120), "12gf": (168, 73.36, 2.37, 19, 112),
+    "16gf": (216, 55.59, 2.1, 22, 128), "32gf": (320, 69.86, 2.0, 23, 168),
+}
+_Y = {
+    "200mf": (24, 36.44, 2.49, 13, 8), "400mf": (48, 27.89, 2.09, 16, 8),
+    "600mf": (48, 32.54, 2.32, 15, 16), "800mf": (56, 38.84, 2.4, 14, 16),
+    "1.6gf": (48, 20.71, 2.65, 27, 24), "3.2gf": (80, 42.63, 2.66, 21, 24),
+    "4gf": (96, 31.41, 2.24, 22, 64), "6.4gf": (112, 33.22, 2.27, 25, 72),
+    "8gf": (192, 76.82, 2.19, 17, 56), "12gf": (168, 73.36, 2.37, 19, 112),
+    "16gf": (200, 106.23, 2.48, 18, 112), "32gf": (232, 115.89, 2.53, 20, 232),
+}
+CONFIGS: dict[str, RegNetConfig] = {}
+for _size in SIZES:
+    CONFIGS[f"regnety_{_size}"] = RegNetConfig(*_Y[_size], se_ratio=0.25, name=f"regnety_{_size}")
+for _size in SIZES:
+    CONFIGS[f"regnetx_{_size}"] = RegNetConfig(*_X[_size], name=f"regnetx_{_size}")
+VARIANTS = tuple(CONFIGS)
+
+# Published complexity (pycls MODEL_ZOO.md): GF (multiply-adds, 1e9) and M params.
+PUBLISHED = {
+    "regnetx_200mf": (0.2, 2.7), "regnetx_400mf": (0.4, 5.2), "regnetx_600mf": (0.6, 6.2),
+    "regnetx_800mf": (0.8, 7.3), "regnetx_1.6gf": (1.6, 9.2), "regnetx_3.2gf": (3.2, 15.3),
+    "regnetx_4gf": (4.0, 22.1), "regnetx_6.4gf": (6.5, 26.2), "regnetx_8gf": (8.0, 39.6),
+    "regnetx_12gf": (12.1, 46.1), "regnetx_16gf": (15.9, 54.3), "regnetx_32gf": (31.7, 107.8),
+    "regnety_200mf": (0.2, 3.2), "regnety_400mf": (0.4, 4.3), "regnety_600mf": (0.6, 6.1),
+    "regnety_800mf": (0.8, 6.3), "regnety_1.6gf": (1.6, 11.2), "regnety_3.2gf": (3.2, 19.4),
+    "regnety_4gf": (4.0, 20.6), "regnety_6.4gf": (6.4, 30.6), "regnety_8gf": (8.0, 39.2),
+    "regnety_12gf": (12.1, 51.8), "regnety_16gf": (15.9, 83.6), "regnety_32gf": (32.3, 145.0),
+}
+
+
+def _size_code(size: str) -> str:
+    """'600mf' -> '006', '1.6gf' -> '016', '32gf' -> '320' (hundreds of MF)."""
+    value = float(size[:-2]) * (1 if size.endswith("mf") else 1000)
+    return f"{int(round(value / 100)):03d}"
+
+
+def _aliases() -> dict[str, str]:
+    table = {}
+    for name in VARIANTS:
+        family, size = name.split("_")
+        letter, code = family[-1], _size_code(size)
+        spellings = [name, f"{letter}{size}", f"{family}{code}", f"{family}_{code}"]
+        if size.endswith("gf") and "." not in size:
+            spellings += [f"{family}_{size[:-2]}.0gf", f"{letter}{size[:-2]}.0gf"]
+        if letter == "y":
+            spellings += [size] + ([f"{size[:-2]}.0gf"] if size.endswith("gf") and "." not in size else [])
+        for s in spellings:
+            table[s] = name
+    return table
+
+
+ALIASES = _aliases()
+
+
+def resolve_variant(variant: str) -> str:
+    """Canonical variant name for any accepted spelling; ValueError naming close ones."""
+    if not isinstance(variant, str):
+        raise TypeError(f"variant must be a string or RegNetConfig, got {type(variant).__name__}")
+    key = re.sub(r"\s+", "", variant.lower()).replace("-", "_")
+    if key in ALIASES:
+        return ALIASES[key]
+    close = difflib.get_close_matches(key, list(ALIASES), n=6, cutoff=0.5)
+    suggestions = list(dict.fromkeys(ALIASES[c] for c in close))[:3]
+    hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+    raise ValueError(
+        f"Unknown RegNet variant {variant!r}.{hint} Valid variants: {', '.join(VARIANTS)} "
+        f"(also accepted: '600mf' for RegNetY, 'regnety006', 'y600mf').")
+
+
+def get_config(variant) -> RegNetConfig:
+    """RegNetConfig for a variant name or a RegNetConfig itself."""
+    if isinstance(variant, RegNetConfig):
+        return variant
+    return CONFIGS[resolve_variant(variant)]
+
+
+def complexity(config, image_size: int = 224, num_classes: int = 1000) -> dict:
+    """Multiply-adds, parameters (weights, as pycls counts) and BN statistics."""
+    cfg = get_config(config)
+    cx = dict(h=image_size, w=image_size, flops=0, params=0, bn_stats=0)
+
+    def conv(w_in, w_out, k, stride=1, groups=1, bias=False):
+        cx["h"], cx["w"] = (cx["h"] - 1) // stride + 1, (cx["w"] - 1) // stride + 1
+        cx["flops"] += k * k * w_in * w_out * cx["h"] * cx["w"] // groups + (w_out * cx["h"] * cx["w"] if bias else 0)
+        cx["params"] += k * k * w_in * w_out // groups + (w_out if bias else 0)
+
+    def bn(w):
+        cx["params"] += 2 * w
+        cx["bn_stats"] += 2 * w
+
+    conv(3, STEM_WIDTH, 3, stride=2)
+    bn(STEM_WIDTH)
+    w_in = STEM_WIDTH
+    for st in cfg.stages():
+        w_out, w_b = st["width"], int(round(st["width"] * st["bottleneck_ratio"]))
+        for i in range(st["depth"]):
+            stride = 2 if i == 0 else 1
+            h, w = cx["h"], cx["w"]
+            if stride != 1 or w_in != w_out:
+                conv(w_in, w_out, 1, stride=stride)
+                bn(w_out)
+                cx["h"], cx["w"] = h, w
+            conv(w_in, w_b, 1)
+            bn(w_b)
+            conv(w_b, w_b, 3, stride=stride, groups=w_b // st["group_width"])
+            bn(w_b)
+            if cfg.se_ratio:
+                w_se = int(round(w_in * cfg.se_ratio))
+                h, w = cx["h"], cx["w"]
+                cx["h"] = cx["w"] = 1
+                conv(w_b, w_se, 1, bias=True)
+                conv(w_se, w_b, 1, bias=True)
+                cx["h"], cx["w"] = h, w
+            conv(w_b, w_out, 1)
+            bn(w_out)
+            w_in = w_out
+    if num_classes:
+        cx["flops"] += w_in * num_classes + num_classes
+        cx["params"] += w_in * num_classes + num_classes
+    return dict(flops=cx["flops"], params=cx["params"], bn_stats=cx["bn_stats"])

@@ -1,0 +1,62 @@
+"""An offline sample dataset of real photos: brick, grass and gravel textures.
+
+The three source photos ship inside scikit-image (`skimage/data/brick.png`,
+`grass.png`, `gravel.png`, 512x512 grayscale, all CC0). Training crops come
+from the top three quarters of each photo and validation crops from the
+bottom quarter, so the two splits never share pixels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from workbench.data import cache_root
+
+CLASSES = ("brick", "grass", "gravel")
+_VERSION = "textures-v1"
+_SPLITS = {"train": (0.0, 0.75, 80), "val": (0.75, 1.0, 20)}  # rows from, rows to, crops per class
+_OUT = 128
+
+
+def _source(name: str) -> Image.Image:
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("wb.sample_dataset() needs scikit-image (pip install scikit-image), "
+                                  "which ships the sample photos.")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"{name}.png"
+    return Image.open(path).convert("RGB")
+
+
+def _crops(image: Image.Image, top: float, bottom: float, count: int, rng) -> list[Image.Image]:
+    """Random square crops (side 64-192 px, clipped to the band) resized to _OUT, random flips/rotations."""
+    w, h = image.size
+    y0, y1 = int(top * h), int(bottom * h)
+    out = []
+    for _ in range(count):
+        side = int(rng.integers(64, min(192, y1 - y0) + 1))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(y0, y1 - side + 1))
+        crop = image.crop((x, y, x + side, y + side)).resize((_OUT, _OUT), Image.Resampling.BICUBIC)
+        crop = crop.rotate(90 * int(rng.integers(4)))
+        out.append(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop)
+    return out
+
+
+def sample_dataset(path=None) -> Path:
+    """Write the sample dataset (train/ and val/, one sub-folder per class) once; return its folder."""
+    root = Path(path).expanduser() if path else cache_root() / "sample" / _VERSION
+    if (root / ".complete").exists():
+        return root
+    rng = np.random.default_rng(0)
+    for label in CLASSES:
+        photo = _source(label)
+        for split, (top, bottom, count) in _SPLITS.items():
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, crop in enumerate(_crops(photo, top, bottom, count, rng)):
+                crop.save(folder / f"{label}_{i:03d}.jpg", quality=90)
+    (root / ".complete").write_text(_VERSION + "\n")
+    return root
