@@ -61,6 +61,10 @@ def test_batches_shape_dtype_range(tmp_path):
     xv, _ = first(data.val)
     assert xv.shape[1:] == (48, 48, 3) and xv.dtype == np.float32
     assert data.num_train == 27 and data.num_val == 9
+    plain = [np.concatenate(a) for a in zip(*[(x, y) for x, y in data.train_plain.as_numpy_iterator()])]
+    again = [np.concatenate(a) for a in zip(*[(x, y) for x, y in data.train_plain.as_numpy_iterator()])]
+    assert plain[0].shape == (27, 48, 48, 3) and sorted(np.bincount(plain[1])) == [9, 9, 9]
+    np.testing.assert_array_equal(plain[0], again[0])   # un-augmented, same order every pass
 
 
 def test_split_is_seeded_and_stratified(tmp_path):

@@ -47,6 +47,7 @@ class ImageData:
     image_size: int
     batch_size: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    train_plain: tf.data.Dataset | None = None   # training images, centre-cropped, in order
 
     @property
     def num_classes(self) -> int:
@@ -186,9 +187,11 @@ def _pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augmen
     else:
         train = train.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=_AUTOTUNE)
     train = train.batch(batch_size, drop_remainder=n_train > batch_size).prefetch(_AUTOTUNE)
-    val = decoded(val_src, crop=True).batch(batch_size)
-    val = val.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(_AUTOTUNE)
-    return train, val
+    def plain(src):
+        ds = decoded(src, crop=True).batch(batch_size)
+        return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(_AUTOTUNE)
+
+    return train, plain(val_src), plain(train_src)
 
 
 # ---------------------------------------------------------------- folders
@@ -376,10 +379,10 @@ def load_folder(folder, image_size: int = 224, batch_size: int = 32, val_split: 
     def source(p, y):
         return tf.data.Dataset.from_tensor_slices((p, y)).map(lambda f, t: (tf.io.read_file(f), t))
 
-    train, val = _pipelines(source(paths, labels), source(val_paths, val_labels), len(paths),
-                            image_size, batch_size, seed, augment, cache)
+    train, val, plain = _pipelines(source(paths, labels), source(val_paths, val_labels), len(paths),
+                                   image_size, batch_size, seed, augment, cache)
     data = ImageData(train, val, class_names, _counts(labels, class_names),
-                     _counts(val_labels, class_names), image_size, batch_size, skipped)
+                     _counts(val_labels, class_names), image_size, batch_size, skipped, plain)
     if verbose:
         print(data.summary())
     return data
@@ -463,9 +466,10 @@ def load_tfds(name: str, image_size: int = 224, batch_size: int = 32, val_split:
     keep_mask[keep] = True
     train_src = train_src.enumerate().filter(lambda i, xy: tf.gather(keep_mask, i)).map(lambda i, xy: xy)
 
-    train, val = _pipelines(train_src, val_src, len(keep), image_size, batch_size, seed, augment, cache)
+    train, val, plain = _pipelines(train_src, val_src, len(keep), image_size, batch_size, seed,
+                                   augment, cache)
     data = ImageData(train, val, class_names, _counts(labels[keep], class_names),
-                     _counts(val_labels, class_names), image_size, batch_size, [])
+                     _counts(val_labels, class_names), image_size, batch_size, [], plain)
     if verbose:
         print(data.summary())
     return data
