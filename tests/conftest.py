@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: image folders written with PIL."""
+"""Shared test fixtures: image folders written with PIL, TFDS-format datasets."""
 
 import numpy as np
 import pytest
@@ -54,3 +54,29 @@ def write_classes(root, counts: dict, size=(64, 48)):
         for i in range(n):
             photo(1000 * c + i, size).save(root / name / f"{i:03d}.jpg")
     return root
+
+
+def write_tfds(data_dir, name, splits, features=None, version="1.0.0", num_classes=3):
+    """A real TFDS-format dataset in `data_dir`: JPEG images and labels, read back by tfds.load."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def split_ds(n, offset):
+        images = np.stack([np.asarray(photo(offset + i, (40, 30))) for i in range(n)])
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(n) % num_classes})
+
+    features = features or tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=["red", "green", "blue"])})
+    builder = tfds.dataset_builders.TfDataBuilder(
+        name=name, version=version, data_dir=str(data_dir), features=features,
+        split_datasets={s: split_ds(n, 100 * k) for k, (s, n) in enumerate(splits.items())})
+    builder.download_and_prepare()
+
+
+def write_tf_flowers(data_dir, n=25):
+    """A small dataset in tf_flowers' own format (name, version, features) in `data_dir`."""
+    import tensorflow_datasets as tfds
+    info = tfds.builder("tf_flowers").info
+    write_tfds(data_dir, "tf_flowers", {"train": n}, features=info.features,
+               version=str(info.version), num_classes=5)

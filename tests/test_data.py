@@ -6,7 +6,7 @@ import matplotlib.figure
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import photo, write_classes, write_every_format
+from conftest import photo, write_classes, write_every_format, write_tfds
 
 from workbench.data import DatasetUnavailableError, load_folder, load_tfds
 from workbench.plots_data import plot_class_distribution, show_batch
@@ -125,23 +125,6 @@ def test_bad_input_messages(tmp_path):
 
 
 # ------------------------------------------------------------------ TFDS
-
-def write_tfds(data_dir, name, splits):
-    """A real TFDS-format dataset in `data_dir` (one JPEG-encoded image feature and a label)."""
-    import tensorflow_datasets as tfds
-
-    def split_ds(n, offset):
-        images = np.stack([np.asarray(photo(offset + i, (40, 30))) for i in range(n)])
-        return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(n) % 3})
-
-    builder = tfds.dataset_builders.TfDataBuilder(
-        name=name, version="1.0.0", data_dir=str(data_dir),
-        split_datasets={s: split_ds(n, 100 * k) for k, (s, n) in enumerate(splits.items())},
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(names=["red", "green", "blue"])}))
-    builder.download_and_prepare()
-
 
 def test_tfds_seeded_split_of_train(tmp_path):
     write_tfds(tmp_path, "wb_tiny", {"train": 30})

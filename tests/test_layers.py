@@ -137,3 +137,30 @@ def test_mixed_precision(policy):
     assert layer.kernel.dtype == "float32"
     grad = tape.gradient(loss, layer.kernel.value)
     assert grad is not None and np.isfinite(grad.numpy()).all()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_matches_keras(training):
+    from workbench.layers import BatchNorm
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 5, 6, 8)).astype("float32"))
+    ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    ours = BatchNorm(momentum=0.9, epsilon=1e-5)
+    ref.build(x.shape), ours.build(x.shape)
+    values = [rng.uniform(0.5, 1.5, 8), rng.normal(0, 0.2, 8), rng.normal(0, 0.2, 8), rng.uniform(0.5, 2, 8)]
+    ref.set_weights(values), ours.set_weights(values)
+    results = []
+    for layer in (ref, ours):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * tf.sin(x))
+        results.append([y, *tape.gradient(loss, [x, layer.gamma.value, layer.beta.value]),
+                        layer.moving_mean, layer.moving_variance])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    frozen = BatchNorm()
+    frozen.build(x.shape)
+    frozen.trainable = False
+    frozen(x, training=True)
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(8))   # inference mode

@@ -35,6 +35,12 @@ def test_stages_partition_the_layers(y200):
         wb.stage_layers(y200, "stage5")
 
 
+def test_layers_of_the_same_shape_start_differently(y200):
+    a, b = (y200.get_layer(f"stage4_block{i}_conv1").kernel.numpy() for i in (2, 3))
+    assert a.shape == b.shape and not np.allclose(a, b)
+    assert 0.5 < np.std(a) * np.sqrt(a.shape[-1]) / np.sqrt(2) < 1.5    # He normal, fan-out
+
+
 @pytest.mark.parametrize("size", [32, 57, 96, 130])
 def test_any_input_size_from_32(y200, size):
     x = np.random.default_rng(0).uniform(0, 255, (2, size, size + 3, 3)).astype("float32")

@@ -15,6 +15,7 @@ from workbench.lr_find import lr_find, suggest_lr
 from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,
                                plot_lr_schedule, plot_top_losses, plot_training_curves,
                                predict_dataset, write_report)
+from workbench.optim import DiscriminativeOptimizer
 from workbench.schedules import WarmupCosine
 
 TINY = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25)
@@ -102,6 +103,8 @@ def test_plots_return_figures(tiny_model, tiny_data, tmp_path):
         plot_top_losses(tiny_model, tiny_data, n=4, path=tmp_path / "top.png"),
         plot_lr_schedule(WarmupCosine(1e-3, 200, 20), path=tmp_path / "sched.png"),
         plot_lr_schedule([1e-3, 1e-3, 1e-4], xlabel="epoch"),
+        plot_lr_schedule(DiscriminativeOptimizer(keras.optimizers.AdamW(WarmupCosine(1e-3, 50)),
+                                                 tiny_model)),
     ]
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
     assert len([ax for ax in figs[2].axes if ax.get_title()]) == 4

@@ -2,8 +2,9 @@
 
     python -m workbench.bench --variant regnety_200mf [--batch 32 --size 224]
 
-Both models are compiled with their framework's defaults (SGD with momentum,
-sparse cross-entropy) and timed on the same in-memory batch after warm-up.
+Both models are compiled the same way (SGD with momentum, sparse
+cross-entropy, each framework's default jit setting) and timed on the same
+in-memory batch after warm-up; figures are medians over the timed steps.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import numpy as np
 
 
 def _time(step, warmup, steps):
+    """Median seconds per call after `warmup` calls (robust to a busy machine)."""
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def measure(model, x, y, train_steps, infer_steps, optimizer):

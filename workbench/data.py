@@ -414,6 +414,17 @@ def _unavailable(name, data_dir, cause) -> DatasetUnavailableError:
         f"data_dir=DIR; or use wb.load_folder() on a folder of images (wb.sample_dataset() works offline).")
 
 
+def _select(ds: tf.data.Dataset, mask: np.ndarray) -> tf.data.Dataset:
+    """The elements of `ds` where the boolean `mask` is true."""
+    def keep(i, _):
+        return tf.gather(mask, i)
+
+    def drop_index(_, element):
+        return element
+
+    return ds.enumerate().filter(keep).map(drop_index)
+
+
 def load_tfds(name: str, image_size: int = 224, batch_size: int = 32, val_split: float = 0.15,
               seed: int = 0, data_dir=None, max_train_images: int = 0, augment: bool = True,
               cache="auto", download: bool = True, verbose: bool = True) -> ImageData:
@@ -459,12 +470,12 @@ def load_tfds(name: str, image_size: int = 224, batch_size: int = 32, val_split:
         train_idx, val_idx = _stratified_split(labels, val_split, seed)
         val_mask = np.zeros(len(labels), bool)
         val_mask[val_idx] = True
-        val_src = train_src.enumerate().filter(lambda i, xy: tf.gather(val_mask, i)).map(lambda i, xy: xy)
+        val_src = _select(train_src, val_mask)
         val_labels = labels[val_idx]
     keep = np.sort(train_idx[_subsample(labels[train_idx], max_train_images, seed)])
     keep_mask = np.zeros(len(labels), bool)
     keep_mask[keep] = True
-    train_src = train_src.enumerate().filter(lambda i, xy: tf.gather(keep_mask, i)).map(lambda i, xy: xy)
+    train_src = _select(train_src, keep_mask)
 
     train, val, plain = _pipelines(train_src, val_src, len(keep), image_size, batch_size, seed,
                                    augment, cache)

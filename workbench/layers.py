@@ -167,3 +167,36 @@ class GroupConv2D(keras.layers.Layer):
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             implementation=self.implementation, groups_per_conv=self.groups_per_conv)
         return config
+
+
+@keras.saving.register_keras_serializable(package="workbench")
+class BatchNorm(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` computed by TF's fused kernel on 4-D inputs.
+
+    Same weights, semantics and moving-statistics update (biased batch
+    variance, as Keras); the fused op and its gradient make one pass over the
+    data where Keras' generic path makes several (about a fifth of a
+    RegNetY-200MF training step on CPU). Other ranks, masks and renorm use Keras' path.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if len(inputs.shape) != 4 or mask is not None or self.renorm or self.axis not in (-1, 3) \
+                or not (self.scale and self.center):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, self.compute_dtype)
+        if x.dtype == tf.float64:
+            return super().call(inputs, training=training, mask=mask)
+        train = bool(training) and self.trainable
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+            mean=None if train else tf.cast(self.moving_mean, tf.float32),
+            variance=None if train else tf.cast(self.moving_variance, tf.float32),
+            epsilon=self.epsilon, is_training=train)
+        if train:
+            n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+            variance = variance * tf.maximum(n - 1.0, 1.0) / n        # the op returns it unbiased
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1 - m))
+            self.moving_variance.assign(
+                self.moving_variance * m + tf.cast(variance, self.moving_variance.dtype) * (1 - m))
+        return y

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 
 from workbench.design import RegNetConfig, get_config
-from workbench.layers import GroupConv2D
+from workbench.layers import BatchNorm, GroupConv2D
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,7 +44,12 @@ class Preprocess(keras.layers.Layer):
 
 
 def _bn(name):
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _init():
+    """pycls initialization, He normal over fan-out (a new initializer per layer)."""
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 def _conv3x3(x, filters, stride, groups, symmetric, name):
@@ -55,13 +60,9 @@ def _conv3x3(x, filters, stride, groups, symmetric, name):
         padding = "valid"
     if groups == 1:
         return keras.layers.Conv2D(filters, 3, strides=stride, padding=padding, use_bias=False,
-                                   kernel_initializer=_INIT, name=name)(x)
+                                   kernel_initializer=_init(), name=name)(x)
     return GroupConv2D(filters, 3, strides=stride, groups=groups, padding=padding,
-                       kernel_initializer=_INIT, name=name)(x)
-
-
-# pycls initialization: He normal over fan-out.
-_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+                       kernel_initializer=_init(), name=name)(x)
 
 
 def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symmetric, name):
@@ -70,21 +71,21 @@ def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symm
     shortcut = x
     if stride != 1 or w_in != w_out:
         shortcut = keras.layers.Conv2D(w_out, 1, strides=stride, use_bias=False,
-                                       kernel_initializer=_INIT, name=f"{name}_proj_conv")(x)
+                                       kernel_initializer=_init(), name=f"{name}_proj_conv")(x)
         shortcut = _bn(f"{name}_proj_bn")(shortcut)
-    y = keras.layers.Conv2D(w_b, 1, use_bias=False, kernel_initializer=_INIT, name=f"{name}_conv1")(x)
+    y = keras.layers.Conv2D(w_b, 1, use_bias=False, kernel_initializer=_init(), name=f"{name}_conv1")(x)
     y = keras.layers.ReLU(name=f"{name}_relu1")(_bn(f"{name}_bn1")(y))
     y = _conv3x3(y, w_b, stride, w_b // group_width, symmetric, f"{name}_conv2")
     y = keras.layers.ReLU(name=f"{name}_relu2")(_bn(f"{name}_bn2")(y))
     if se_ratio:
         w_se = int(round(w_in * se_ratio))
         s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(y)
-        s = keras.layers.Conv2D(w_se, 1, activation="relu", kernel_initializer=_INIT,
+        s = keras.layers.Conv2D(w_se, 1, activation="relu", kernel_initializer=_init(),
                                 name=f"{name}_se_reduce")(s)
-        s = keras.layers.Conv2D(w_b, 1, activation="sigmoid", kernel_initializer=_INIT,
+        s = keras.layers.Conv2D(w_b, 1, activation="sigmoid", kernel_initializer=_init(),
                                 name=f"{name}_se_expand")(s)
         y = keras.layers.Multiply(name=f"{name}_se_scale")([y, s])
-    y = keras.layers.Conv2D(w_out, 1, use_bias=False, kernel_initializer=_INIT, name=f"{name}_conv3")(y)
+    y = keras.layers.Conv2D(w_out, 1, use_bias=False, kernel_initializer=_init(), name=f"{name}_conv3")(y)
     y = _bn(f"{name}_bn3")(y)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)

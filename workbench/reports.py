@@ -253,6 +253,7 @@ def plot_lr_schedule(schedule_or_lrs, steps=None, path=None, xlabel=None, events
 
     values = schedule_or_lrs
     if isinstance(values, keras.optimizers.Optimizer):
+        values = getattr(values, "inner_optimizer", values)  # DiscriminativeOptimizer wraps one
         values = values._learning_rate  # the schedule (or rate) the optimizer was built with
     if isinstance(values, keras.optimizers.schedules.LearningRateSchedule):
         steps = steps or getattr(values, "total_steps", None) or getattr(values, "decay_steps", None)

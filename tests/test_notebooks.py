@@ -1,0 +1,92 @@
+"""Every notebook in notebooks/ runs top to bottom under papermill, on tiny settings, and writes real results."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+# Tiny settings for every notebook; a notebook only receives the ones its parameters cell declares,
+# so a new notebook in notebooks/ is executed with these (plus an output_dir) without any change here.
+TINY = dict(image_size=32, batch_size=4, n_images=3, epochs=1, steps=2, max_train_images=12,
+            train_steps=1, reference_train_steps=1, infer_steps=1, lr_find_steps=5)
+# Per-notebook overrides.
+TINY_FOR = {
+    "02_finetuning_walkthrough": dict(epochs=2, unfreeze="0:head,1:stage4", batch_size=6),
+}
+
+
+def _check_tour(out: Path):
+    summary = json.loads((out / "tour.json").read_text())
+    assert summary["fidelity_max_abs_diff"] < 1e-4, summary["fidelity_max_abs_diff"]
+    assert summary["params"] > 1e6 and summary["custom_params"] > 0
+    y200 = summary["complexity"]["regnety_200mf"]
+    assert abs(y200["gf"] - y200["paper_gf"]) < 0.02 and abs(y200["mparams"] - y200["paper_mparams"]) < 0.1
+    for name in ("widths.png", "complexity.png", "predictions.png", "regnety002.h5"):
+        assert (out / name).stat().st_size > 1000, name
+
+
+def _check_finetune(out: Path):
+    summary = json.loads((out / "finetune.json").read_text())
+    assert summary["epochs_run"] == 2
+    assert 0.0 <= summary["val_accuracy"] <= 1.0
+    assert summary["suggested_lr"] > 0
+    assert [e["stages"] for e in summary["events"]] == [["head"], ["stage4"]]
+    assert summary["class_names"] == ["brick", "grass", "gravel"]
+    for name in ("batch.png", "class_distribution.png", "lr_find.png", "training_curves.png",
+                 "lr_schedule.png", "confusion_matrix.png", "top_losses.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert (out / "run" / "checkpoints").is_dir()
+
+
+def _check_speed(out: Path):
+    summary = json.loads((out / "speed.json").read_text())
+    for who in ("ours", "tf_keras"):
+        assert summary[who]["train"] > 0 and summary[who]["inference"] > 0, summary
+    assert summary["ratio"]["train"] == pytest.approx(summary["ours"]["train"] / summary["tf_keras"]["train"])
+    assert (out / "speed.png").stat().st_size > 1000
+
+
+CHECKS = {"01_regnet_tour": _check_tour, "02_finetuning_walkthrough": _check_finetune,
+          "03_speed": _check_speed}
+
+
+def _parameters_cell(nb):
+    return [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_commit_ready(path):
+    """No outputs, python3 kernel, one parameters cell with output_dir, Colab install cell first."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs"
+    assert len(_parameters_cell(nb)) == 1 and "output_dir" in _parameters_cell(nb)[0].source
+    assert "google.colab" in code[0].source and "%pip install" in code[0].source
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+
+
+def test_every_notebook_is_checked():
+    assert {p.stem for p in NOTEBOOKS} == set(CHECKS), "add a _check_ for the new notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, tmp_path):
+    declared = papermill.inspect_notebook(str(path))
+    out = tmp_path / "out"
+    wanted = {"output_dir": str(out), **TINY, **TINY_FOR.get(path.stem, {})}
+    params = {k: v for k, v in wanted.items() if k in declared}
+    papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters=params,
+                               kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
+                               execution_timeout=600)
+    executed = nbformat.read(tmp_path / path.name, as_version=4)
+    images = sum("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code"
+                 for o in c.outputs)
+    assert images >= 1, "the notebook should show its plots inline"
+    CHECKS.get(path.stem, lambda out: None)(out)
