@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import keras
-
 from workbench.design import resolve_variant
-from workbench.export import FORMATS as EXPORT_FORMATS
+from workbench.export import parse_formats
 from workbench.hub import hub_classifier, hub_handle, is_hub_variant
 from workbench.model import regnet
 from workbench.unfreeze import parse_schedule
-
 
 
 class RecipeError(ValueError):
@@ -51,10 +48,10 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
             parse_schedule(unfreeze)
         except ValueError as e:
             raise RecipeError(f"unfreeze={unfreeze!r} is not a schedule: {e}") from None
-    formats = [f.strip() for f in str(export or "").split(",") if f.strip()]
-    bad = [f for f in formats if f not in EXPORT_FORMATS]
-    need(not bad, f"export={export!r}: unknown format {bad[0] if bad else ''!r}; "
-                  f"use a comma-separated list of {', '.join(EXPORT_FORMATS)}, or '' for none.")
+    try:
+        formats = parse_formats(export or "")
+    except ValueError as e:
+        raise RecipeError(f"export={export!r}: {e}") from None
     if data_dir is not None:
         need(Path(data_dir).is_dir(),
              f"data_dir={str(data_dir)!r} does not exist: point it at a folder with one "
