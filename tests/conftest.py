@@ -1,8 +1,23 @@
-"""Shared test fixtures: image folders written with PIL, TFDS-format datasets."""
+"""Shared test fixtures: the tiny RegNet, image folders written with PIL, TFDS-format datasets."""
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import workbench as wb
+
+# The tiny model of the tests: a real RegNetY (4 stages, 8 blocks, grouped convs, SE), ~0.1 M parameters.
+TINY = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25, name="tiny_regnety")
+
+
+def tiny_regnet(num_classes=3, size=32, seed=0, **kwargs):
+    """The tiny RegNetY for `size` x `size` images, initialized from `seed`."""
+    return wb.regnet(TINY, num_classes=num_classes, input_shape=(size, size, 3), seed=seed, **kwargs)
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_regnet()
 
 
 def photo(seed: int, size=(80, 60)) -> Image.Image:

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 from conftest import photo, write_classes, write_every_format, write_tfds
 
-from workbench.data import DatasetUnavailableError, load_folder, load_tfds
+from workbench.catalog import load_tfds
+from workbench.data import DatasetUnavailableError
+from workbench.folders import load_folder
 from workbench.plots_data import plot_class_distribution, show_batch
 from workbench.sample import CLASSES, sample_dataset
 

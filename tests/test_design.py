@@ -1,5 +1,6 @@
 """The design space, the named models and their computed complexity."""
 import pytest
+from conftest import TINY
 
 from workbench.design import (CONFIGS, PUBLISHED, VARIANTS, RegNetConfig, complexity,
                               generate_regnet, resolve_variant)
@@ -33,7 +34,7 @@ def test_group_width_is_capped_by_stage_width():
 
 
 def test_any_point_of_the_design_space():
-    cfg = RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25)
+    cfg = TINY
     stages = cfg.stages()
     assert len(stages) == 4 and sum(s["depth"] for s in stages) == 8
     assert all(s["width"] % s["group_width"] == 0 for s in stages)

@@ -8,15 +8,16 @@ import tensorflow as tf
 from PIL import Image
 
 import workbench as wb
-from workbench.export import FORMATS, export, export_all, feature_extractor, tflite_predict
+from conftest import tiny_regnet
+from workbench.contract import feature_extractor
+from workbench.export import FORMATS, export, export_all, tflite_predict
 from workbench.sample import sample_dataset
 
 SIZE = 64
-TINY = dict(w0=16, wa=26.0, wm=2.0, depth=4, group_width=8, se_ratio=0.25)  # 4 stages, 1 block each
 
 
 def tiny_model(num_classes=3):
-    return wb.regnet(wb.RegNetConfig(**TINY), num_classes=num_classes, input_shape=(SIZE, SIZE, 3))
+    return tiny_regnet(num_classes, size=SIZE)
 
 
 def read_split(split, size=SIZE):

@@ -12,21 +12,21 @@ import pytest
 import tensorflow as tf
 
 import workbench as wb
-import workbench.data
-from workbench.export import export, feature_extractor
+import workbench.hub
+from conftest import tiny_regnet
+from workbench.contract import feature_extractor
+from workbench.export import export
 from workbench.hub import (HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier,
                            hub_handle, is_hub_variant)
 
 SIZE = 64
-TINY = dict(w0=16, wa=26.0, wm=2.0, depth=4, group_width=8, se_ratio=0.25)
 SEED_HANDLE = "https://tfhub.dev/adityakane2001/regnety200mf_feature_extractor/1"
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny RegNet, its Hub-format export and a batch of images."""
-    keras.utils.set_random_seed(1)
-    model = wb.regnet(wb.RegNetConfig(**TINY), num_classes=3, input_shape=(SIZE, SIZE, 3))
+    model = tiny_regnet(size=SIZE, seed=1)
     path = export(model, tmp_path_factory.mktemp("export") / "hub", "hub", verbose=False)["path"]
     x = np.random.default_rng(0).uniform(0, 255, (8, SIZE, SIZE, 3)).astype("float32")
     return model, path, x
@@ -171,7 +171,7 @@ def test_bad_paths_say_what_was_expected(tmp_path):
 
 def test_unresolvable_handle_fails_fast_with_advice(monkeypatch, tmp_path):
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(workbench.data, "_looks_offline", lambda hosts=(), timeout=5.0: True)
+    monkeypatch.setattr(workbench.hub, "looks_offline", lambda hosts=(), timeout=5.0: True)
     start = time.time()
     with pytest.raises(HubModelUnavailableError) as info:
         hub_backbone(SEED_HANDLE)

@@ -87,7 +87,7 @@ def test_all_chunk_sizes_equal():
         np.testing.assert_allclose(grouped_conv2d(x, k, 2, 7, c).numpy(), base, atol=ATOL)
 
 
-def _tiny_model():
+def _grouped_conv_model():
     inp = keras.Input((None, None, 3))
     h = keras.layers.Conv2D(16, 3, 2, padding="same")(inp)
     h = GroupConv2D(16, 3, strides=2, groups=2, name="gconv")(h)
@@ -97,7 +97,7 @@ def _tiny_model():
 
 
 def test_dynamic_shapes_and_fit():
-    model = _tiny_model()
+    model = _grouped_conv_model()
     for size in (17, 32, 5):
         x = np.random.default_rng(size).standard_normal((2, size, size, 3)).astype("float32")
         assert model.predict(x, verbose=0).shape == (2, 24)
@@ -108,7 +108,7 @@ def test_dynamic_shapes_and_fit():
 
 
 def test_keras_save_load_roundtrip(tmp_path):
-    model = _tiny_model()
+    model = _grouped_conv_model()
     x = np.random.default_rng(0).standard_normal((2, 19, 13, 3)).astype("float32")
     path = str(tmp_path / "m.keras")
     model.save(path)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
+from conftest import TINY, tiny_regnet
 from workbench.design import complexity, get_config
 
 
@@ -72,8 +73,8 @@ def test_keras_file_round_trip_needs_no_custom_objects(y200, tmp_path):
 
 
 def test_custom_design_point_builds_and_trains():
-    cfg = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25)
-    model = wb.regnet(cfg, num_classes=3, input_shape=(32, 32, 3))
+    cfg = TINY
+    model = tiny_regnet()
     model.compile("adam", "sparse_categorical_crossentropy")
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     history = model.fit(x, np.arange(8) % 3, epochs=2, verbose=0)

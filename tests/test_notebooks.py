@@ -1,6 +1,7 @@
 """Every notebook in notebooks/ runs top to bottom under papermill, on tiny settings, and writes real results."""
 
 import json
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -8,7 +9,9 @@ import pytest
 
 papermill = pytest.importorskip("papermill")
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+RECIPES = sorted((ROOT / "recipes").glob("*.ipynb"))
 
 # Tiny settings for every notebook; a notebook only receives the ones its parameters cell declares,
 # so a new notebook in notebooks/ is executed with these (plus an output_dir) without any change here.
@@ -70,6 +73,16 @@ def test_notebook_is_commit_ready(path):
     assert len(_parameters_cell(nb)) == 1 and "output_dir" in _parameters_cell(nb)[0].source
     assert "google.colab" in code[0].source and "%pip install" in code[0].source
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + RECIPES, ids=lambda p: p.stem)
+def test_colab_cell_installs_what_the_notebook_needs(path):
+    """The first code cell installs the package with its `recipes` extra: papermill, Jupyter, scikit-image."""
+    first = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert '%pip install -q "regnet-workbench[recipes] @ git+' in first.source
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    needed = {name.split(">")[0].split("=")[0] for name in extras["recipes"]}
+    assert {"papermill", "ipykernel", "scikit-image", "nbformat"} <= needed
 
 
 def test_every_notebook_is_checked():

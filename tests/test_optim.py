@@ -6,15 +6,14 @@ import pytest
 import tensorflow as tf
 
 import workbench as wb
-from workbench.optim import DiscriminativeOptimizer, stage_of
-
-TINY = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25)
+from conftest import tiny_regnet
+from workbench.contract import stage_of
+from workbench.optim import DiscriminativeOptimizer
 
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(0)
-    return wb.regnet(TINY, num_classes=3, input_shape=(32, 32, 3))
+    return tiny_regnet()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def test_bad_input(model):
         DiscriminativeOptimizer(keras.optimizers.Adam(1e-3), model, decay=-1)
     with pytest.raises(ValueError, match="learning rate"):
         DiscriminativeOptimizer(keras.optimizers.Adam(0.0), model)
-    no_head = wb.regnet(TINY, include_top=False, input_shape=(32, 32, 3))
+    no_head = tiny_regnet(include_top=False)
     with pytest.raises(ValueError, match="does not have"):
         DiscriminativeOptimizer(keras.optimizers.Adam(1e-3), no_head, multipliers={"head": 0.5})
 

@@ -10,7 +10,8 @@ import papermill as pm
 import pytest
 from conftest import write_tf_flowers
 
-from workbench import recipe
+from workbench import recipe, runtime
+from workbench.unfreeze import unfreeze_policy
 from workbench import weights as wio
 
 RECIPES = pathlib.Path(__file__).parent.parent / "recipes"
@@ -19,11 +20,22 @@ TINY = dict(variant="200mf", weights="none", image_size=32, batch_size=16, epoch
 
 
 def run(name, tmp_path, **params):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out"
     pm.execute_notebook(str(RECIPES / name), str(tmp_path / f"executed-{name}"),
                         parameters={**TINY, "output_dir": str(out), **params},
                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def custom_run(tmp_path_factory):
+    """The custom recipe on the sample dataset with the default seed, exporting .keras."""
+    return run("custom.ipynb", tmp_path_factory.mktemp("custom"), export="keras")
+
+
+def metrics_of(out):
+    return json.loads((out / "metrics.json").read_text())
 
 
 def check_outputs(out, class_names, epochs):
@@ -40,10 +52,29 @@ def check_outputs(out, class_names, epochs):
     return metrics
 
 
-def test_custom_recipe_on_the_sample_dataset(tmp_path):
-    out = run("custom.ipynb", tmp_path, export="keras")
-    check_outputs(out, ["brick", "grass", "gravel"], epochs=2)
-    assert (out / "export" / "model.keras").exists()
+def test_custom_recipe_on_the_sample_dataset(custom_run):
+    metrics = check_outputs(custom_run, ["brick", "grass", "gravel"], epochs=2)
+    assert (custom_run / "export" / "model.keras").exists()
+    assert metrics["seed"] == 0 and metrics["unfreeze"] == "0:all" and metrics["lr_decay"] == 1.0
+
+
+def test_same_seed_same_numbers(custom_run, tmp_path):
+    first = metrics_of(custom_run)
+    again = metrics_of(run("custom.ipynb", tmp_path / "again"))
+    other = metrics_of(run("custom.ipynb", tmp_path / "other", seed=1))
+    print(f"\nseed 0: loss {first['history']['loss']}\nseed 0: loss {again['history']['loss']}"
+          f"\nseed 1: loss {other['history']['loss']}")
+    for key in ("history", "val_accuracy", "val_loss", "confusion_matrix", "per_class"):
+        assert again[key] == first[key], key
+    assert all(a != b for a, b in zip(first["history"]["loss"], other["history"]["loss"]))
+
+
+@pytest.mark.skipif(runtime.gpu_driver_present(), reason="CUDA's messages are kept where a driver exists")
+def test_no_cuda_probing_noise_on_a_cpu_machine(custom_run):
+    executed = (custom_run.parent / "executed-custom.ipynb").read_text()
+    assert "Train" in executed or "epoch" in executed.lower()
+    for line in ("Could not find cuda drivers", "cuInit", "absl::InitializeLog"):
+        assert line not in executed, line
 
 
 def test_flowers_recipe_on_a_tfds_format_data_dir(tmp_path):
@@ -70,6 +101,7 @@ def test_papermill_exit_status_is_nonzero_on_bad_input(tmp_path):
                            str(tmp_path / "out.ipynb"), "-p", "epochs", "0", "-k", "python3"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0 and "epochs must be a positive integer" in proc.stderr
+    assert "cuInit" not in proc.stderr and "Could not find cuda drivers" not in proc.stderr
 
 
 def test_flowers_without_network_stops_in_the_data_cell(tmp_path):
@@ -86,4 +118,5 @@ def test_missing_imagenet_weights_fall_back_plainly(tmp_path, monkeypatch, capsy
     assert not pretrained and model.output_shape == (None, 3)
     said = capsys.readouterr().out
     assert "ImageNet weights are NOT available" in said and "RANDOM INITIALIZATION" in said
-    assert recipe.schedule_for("auto", pretrained, 5) == "0:all"
+    policy = unfreeze_policy("auto", 5, pretrained, lr_decay=2.6)
+    assert policy.schedule == "0:all" and policy.lr_decay == 1.0

@@ -1,4 +1,4 @@
-"""Reports and the LR range test on a tiny RegNet and tiny image folders."""
+"""Reports of a run on a tiny RegNet and a tiny image folder: metrics, pictures, metrics.json."""
 
 import json
 
@@ -6,24 +6,20 @@ import keras
 import matplotlib.figure
 import numpy as np
 import pytest
-from conftest import write_classes
+from conftest import tiny_regnet, write_classes
 from PIL import Image
 
-import workbench as wb
-from workbench.data import load_folder
-from workbench.lr_find import lr_find, suggest_lr
+from workbench.folders import load_folder
 from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,
                                plot_lr_schedule, plot_top_losses, plot_training_curves,
                                predict_dataset, write_report)
 from workbench.optim import DiscriminativeOptimizer
 from workbench.schedules import WarmupCosine
 
-TINY = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25)
-
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return wb.regnet(TINY, num_classes=3, input_shape=(32, 32, 3))
+    return tiny_regnet()
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +91,7 @@ def test_write_report(tiny_model, tiny_data, tmp_path):
     assert saved["val_accuracy"] == pytest.approx(np.mean(y_prob.argmax(1) == y_true))
     assert np.array(saved["confusion_matrix"]).sum() == tiny_data.num_val
 
+
 def test_plots_return_figures(tiny_model, tiny_data, tmp_path):
     history = dict(FakeResult.history)
     figs = [
@@ -109,28 +106,3 @@ def test_plots_return_figures(tiny_model, tiny_data, tmp_path):
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
     assert len([ax for ax in figs[2].axes if ax.get_title()]) == 4
     assert (tmp_path / "top.png").stat().st_size > 1000
-
-
-def test_suggestion_rules():
-    lrs = np.geomspace(1e-6, 1, 60)
-    x = np.log10(lrs)
-    losses = 2.0 - 1.5 / (1 + np.exp(-3 * (x + 3))) + np.where(x > -1, 10 * (x + 1) ** 2, 0)  # falls, then diverges
-    for method in ("valley", "steep", "minimum"):
-        lr = suggest_lr(lrs, losses, method)
-        assert 1e-5 < lr < 1e-1, (method, lr)
-    assert suggest_lr(lrs, losses, "steep") == pytest.approx(1e-3, rel=0.3)
-    with pytest.raises(ValueError, match="method"):
-        suggest_lr(lrs, losses, "best")
-
-
-def test_lr_find(tiny_model, tiny_data, tmp_path):
-    before = [w.copy() for w in tiny_model.get_weights()]
-    result = lr_find(tiny_model, tiny_data, start_lr=1e-6, end_lr=1.0, steps=12, path=tmp_path / "lr.png")
-    assert len(result.lrs) == len(result.losses) >= 5  # the 12-image train set repeats
-    assert np.all(np.diff(result.lrs) > 0) and result.lrs[0] == pytest.approx(1e-6)
-    assert np.isfinite(result.suggestion) and 1e-6 <= result.suggestion <= 1.0
-    assert isinstance(result.figure, matplotlib.figure.Figure) and (tmp_path / "lr.png").stat().st_size > 1000
-    after = tiny_model.get_weights()
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
-    with pytest.raises(ValueError, match="start_lr"):
-        lr_find(tiny_model, tiny_data, start_lr=1.0, end_lr=1e-3)

@@ -5,9 +5,8 @@ import keras
 import pytest
 
 import workbench as wb
+from conftest import tiny_regnet
 from workbench.unfreeze import GradualUnfreezing, parse_schedule, stages_at
-
-TINY = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25)
 
 
 def test_parse_schedule_forms():
@@ -45,8 +44,7 @@ class _Snapshots(keras.callbacks.Callback):
 
 
 def test_frozen_stages_and_bn_statistics_stay_put_until_unfrozen():
-    keras.utils.set_random_seed(0)
-    model = wb.regnet(TINY, num_classes=3, input_shape=(32, 32, 3))
+    model = tiny_regnet()
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
@@ -75,7 +73,7 @@ def test_frozen_stages_and_bn_statistics_stay_put_until_unfrozen():
 
 
 def test_optimizer_built_while_frozen_is_reported_before_training():
-    model = wb.regnet(TINY, num_classes=3, input_shape=(32, 32, 3))
+    model = tiny_regnet()
     for layer in wb.stage_layers(model, "stage4"):
         layer.trainable = False
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
@@ -87,6 +85,6 @@ def test_optimizer_built_while_frozen_is_reported_before_training():
 
 
 def test_schedule_checked_against_model():
-    no_head = wb.regnet(TINY, include_top=False, input_shape=(32, 32, 3))
+    no_head = tiny_regnet(include_top=False)
     with pytest.raises(ValueError, match="does not have"):
         GradualUnfreezing("0:head").set_model(no_head)

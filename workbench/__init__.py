@@ -1,25 +1,35 @@
 """RegNet fine-tuning workbench for TensorFlow 2 / Keras 3."""
-from workbench.data import DatasetUnavailableError, ImageData, cache_root, load_folder, load_tfds
-from workbench.design import VARIANTS, RegNetConfig, complexity, resolve_variant
-from workbench.export import export, export_all
-from workbench.finetune import FinetuneResult, finetune
-from workbench.hub import HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier
-from workbench.lr_find import LRFindResult, lr_find, suggest_lr
-from workbench.model import STAGES, regnet, stage_layers
-from workbench.optim import DiscriminativeOptimizer
-from workbench.plots_data import plot_class_distribution, show_batch
-from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,
+from workbench.runtime import import_tensorflow_quietly, seed_everything
+
+import_tensorflow_quietly()
+
+from workbench.catalog import load_tfds  # noqa: E402
+from workbench.contract import STAGES, feature_extractor, outputs_logits, stage_layers  # noqa: E402
+from workbench.data import DatasetUnavailableError, ImageData, cache_root  # noqa: E402
+from workbench.design import VARIANTS, RegNetConfig, complexity, resolve_variant  # noqa: E402
+from workbench.export import export, export_all  # noqa: E402
+from workbench.finetune import FinetuneResult, finetune  # noqa: E402
+from workbench.folders import load_folder  # noqa: E402
+from workbench.hub import HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier  # noqa: E402
+from workbench.lr_find import LRFindResult, lr_find, suggest_lr  # noqa: E402
+from workbench.model import regnet  # noqa: E402
+from workbench.optim import DiscriminativeOptimizer  # noqa: E402
+from workbench.plots_data import plot_class_distribution, show_batch  # noqa: E402
+from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,  # noqa: E402
                                plot_lr_schedule, plot_top_losses, plot_training_curves,
                                predict_dataset, write_report)
-from workbench.sample import sample_dataset
-from workbench.schedules import OneCycle, WarmupCosine
-from workbench.unfreeze import GradualUnfreezing, parse_schedule
+from workbench.sample import sample_dataset  # noqa: E402
+from workbench.schedules import OneCycle, WarmupCosine  # noqa: E402
+from workbench.unfreeze import (GradualUnfreezing, UnfreezePolicy, default_schedule,  # noqa: E402
+                                parse_schedule, unfreeze_policy)
 
 __all__ = [
     "VARIANTS", "STAGES", "RegNetConfig", "complexity", "regnet", "resolve_variant", "stage_layers",
+    "feature_extractor", "outputs_logits",
     "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_tfds",
     "sample_dataset", "show_batch", "plot_class_distribution",
-    "GradualUnfreezing", "parse_schedule", "DiscriminativeOptimizer", "finetune", "FinetuneResult",
+    "GradualUnfreezing", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",
+    "DiscriminativeOptimizer", "finetune", "FinetuneResult", "seed_everything",
     "WarmupCosine", "OneCycle", "lr_find", "LRFindResult", "suggest_lr",
     "export", "export_all", "HubBackbone", "HubModelUnavailableError", "hub_backbone",
     "hub_classifier",

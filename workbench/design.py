@@ -115,17 +115,23 @@ PUBLISHED = {
 }
 
 
-def _size_code(size: str) -> str:
+def size_code(size: str) -> str:
     """'600mf' -> '006', '1.6gf' -> '016', '32gf' -> '320' (hundreds of MF)."""
     value = float(size[:-2]) * (1 if size.endswith("mf") else 1000)
     return f"{int(round(value / 100)):03d}"
+
+
+def keras_applications_name(variant: str) -> str:
+    """The keras.applications model name of a named variant: regnety_600mf -> RegNetY006."""
+    family, size = resolve_variant(variant).split("_")
+    return f"RegNet{family[-1].upper()}{size_code(size)}"
 
 
 def _aliases() -> dict[str, str]:
     table = {}
     for name in VARIANTS:
         family, size = name.split("_")
-        letter, code = family[-1], _size_code(size)
+        letter, code = family[-1], size_code(size)
         spellings = [name, f"{letter}{size}", f"{family}{code}", f"{family}_{code}"]
         if size.endswith("gf") and "." not in size:
             spellings += [f"{family}_{size[:-2]}.0gf", f"{letter}{size[:-2]}.0gf"]

@@ -16,7 +16,8 @@ Every export takes raw RGB images with values 0-255, like the Keras model.
   (224 when the model takes any size), and each returns `probabilities`,
   `class_index` and, when `class_names` is given, `class_name` (tf.string).
 - "hub": a TF2 Hub-format SavedModel of the backbone (everything up to the
-  `head_pool` feature vector) for `hub.load`, `hub.KerasLayer(trainable=True)`
+  pooled feature vector, `contract.feature_extractor`) for `hub.load`,
+  `hub.KerasLayer(trainable=True)`
   (tf_keras) or `wb.hub_backbone` (Keras 3). It has `__call__(images,
   training=False)`, `variables`, `trainable_variables` and
   `regularization_losses`, so whoever loads it can fine-tune it. Images of
@@ -38,9 +39,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from workbench.contract import feature_extractor, probabilities
+
 FORMATS = ("keras", "saved_model", "hub", "tflite")
 DEFAULT_IMAGE_SIZE = 224
-FEATURE_LAYER = "head_pool"
 EXPORT_DIR = "export"
 _NAMES = {"keras": "model.keras", "saved_model": "saved_model", "hub": "hub", "tflite": "tflite"}
 
@@ -145,14 +147,6 @@ def _directory(path: Path) -> Path:
     return path
 
 
-def _probabilities(model, outputs):
-    """Model outputs -> probabilities: softmax over a linear (logits) head, else unchanged."""
-    activation = getattr(model.layers[-1], "activation", None)
-    if getattr(activation, "__name__", None) == "linear":
-        return tf.nn.softmax(outputs, axis=-1)
-    return outputs
-
-
 def _resize(images, size, antialias=True):
     """float32 images resized to `size` (the identity when they already have that size)."""
     images = tf.cast(images, tf.float32)
@@ -180,7 +174,7 @@ def _serving_archive(model, class_names):
     names = tf.constant(class_names) if class_names else None
 
     def serve(images):
-        probs = _probabilities(model, model(_resize(images, size), training=False))
+        probs = probabilities(model, model(_resize(images, size), training=False))
         index = tf.argmax(probs, axis=-1, output_type=tf.int32)
         out = {"probabilities": probs, "class_index": index}
         if names is not None:
@@ -202,16 +196,6 @@ def _export_saved_model(model, path, class_names, sample_images):
         (path / "assets" / "labels.txt").write_text("\n".join(class_names) + "\n")
     return {"path": str(path), "size_bytes": _size(path),
             "signatures": ["serving_default", "serving_uint8"]}
-
-
-def feature_extractor(model: keras.Model, layer: str = FEATURE_LAYER) -> keras.Model:
-    """The backbone of `model` up to its pooled features (`head_pool` output), sharing weights."""
-    try:
-        features = model.get_layer(layer).output
-    except ValueError:
-        raise ValueError(f"The model has no layer {layer!r}: the 'hub' export needs a model built by "
-                         f"wb.regnet(..., include_top=True) or with pooling='avg'.") from None
-    return keras.Model(model.inputs, features, name=f"{model.name}_features")
 
 
 def _hub_module(backbone: keras.Model):
@@ -252,7 +236,7 @@ def _tflite_converters(model):
 
     @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")], autograph=False)
     def infer(images):
-        return {"probabilities": _probabilities(model, model(images, training=False))}
+        return {"probabilities": probabilities(model, model(images, training=False))}
 
     function = infer.get_concrete_function()
     # The converter freezes the variables it finds on this object; a Keras 3 model does not
@@ -322,7 +306,7 @@ def tflite_predict(tflite_file, images, batch_size: int = 16) -> np.ndarray:
 def check_tflite(tflite_file, model: keras.Model, images) -> dict:
     """Compare a .tflite export with the Keras model on `images`: max |dp| and top-1 agreement."""
     images = np.asarray(images, np.float32)
-    expected = np.asarray(_probabilities(model, model.predict(images, batch_size=16, verbose=0)))
+    expected = np.asarray(probabilities(model, model.predict(images, batch_size=16, verbose=0)))
     got = tflite_predict(tflite_file, images)
     return {"images": int(len(images)),
             "max_abs_diff": float(np.max(np.abs(got - expected))),

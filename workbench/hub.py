@@ -17,13 +17,13 @@ with that argument, and only while the layer is trainable, so batch-norm
 statistics stay put in a frozen backbone.
 
 Stages. `wb.stage_layers(model, stage)` groups layers by the prefix of their
-name before the first "_". The backbone is one opaque layer, named
+name before the first "_" (`workbench.contract`). The backbone is one opaque layer, named
 `stage4_hub` by default, so it is the "stage4" stage: an unfreeze schedule
 such as "0:head,2:stage4" (or "all") trains the head first and then the whole
 backbone, and discriminative learning rates give it stage4's multiplier.
 Stages stem..stage3 are empty in such a model. `hub_classifier`'s rescaling
-layer is `stem_rescale` (no weights) and its head is `head_pool` (identity on
-the feature vector, as in `wb.regnet`) and `head_fc`.
+layer is `stem_rescale` (no weights), and its head is the contract's pooled
+features (an identity on the feature vector, as in `wb.regnet`) and classifier.
 
 Input range. Models from TF Hub expect float images in [0, 1] (the Hub
 convention); the workbench's own "hub" export expects 0-255 like every
@@ -61,6 +61,10 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+from workbench.contract import FEATURES
+from workbench.model import classifier_head
+from workbench.network import looks_offline
 
 HUB_PREFIX = "hub:"
 DEFAULT_NAME = "stage4_hub"
@@ -162,10 +166,8 @@ def load_hub_model(handle_or_path):
         return tf.saved_model.load(str(Path(handle).expanduser()))
     hub = import_tensorflow_hub()
     if not _cached(handle):
-        from workbench.data import _looks_offline
-
         host = urllib.parse.urlparse(handle).hostname or ""
-        if host and _looks_offline(hosts=(host,), timeout=5.0):
+        if host and looks_offline(hosts=(host,), timeout=5.0):
             raise _offline_error(handle, f"no network (cannot resolve {host}) and it is not in "
                                          f"the TF Hub cache")
     try:
@@ -321,11 +323,12 @@ def hub_backbone(handle_or_path, trainable=True, input_shape=None, name=DEFAULT_
 
 def hub_classifier(handle_or_path, num_classes, input_shape=(224, 224, 3), trainable=True,
                    input_range="auto", classifier_activation="softmax", dropout=0.0,
-                   name=None) -> keras.Model:
-    """Raw 0-255 images -> rescale to the backbone's range -> Hub backbone -> Dense head `head_fc`.
+                   name=None, seed=0) -> keras.Model:
+    """Raw 0-255 images -> rescale to the backbone's range -> Hub backbone -> the Dense classifier.
 
     `input_range`: "auto" (what the SavedModel records, else the Hub
-    convention (0, 1)), or a pair (lo, hi) the backbone expects.
+    convention (0, 1)), or a pair (lo, hi) the backbone expects. The model
+    keeps the workbench's model contract (`workbench.contract`); `seed` initializes the head.
     """
     backbone = hub_backbone(handle_or_path, trainable=trainable)
     if input_range == "auto":
@@ -337,10 +340,7 @@ def hub_classifier(handle_or_path, num_classes, input_shape=(224, 224, 3), train
     if len(x.shape) != 2:
         raise ValueError(f"{backbone.handle!r} outputs shape {tuple(x.shape)}, expected a feature "
                          f"vector (batch, features): use the model's feature-vector version.")
-    # Named like wb.regnet's pooled features, so feature caching, wb.export(..., "hub") and
-    # wb.export.feature_extractor find the feature vector the same way.
-    x = keras.layers.Identity(name="head_pool")(x)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation=classifier_activation, name="head_fc")(x)
+    # The pooled-feature layer of the contract: feature caching and the 'hub' export find it.
+    x = keras.layers.Identity(name=FEATURES)(x)
+    outputs = classifier_head(x, num_classes, classifier_activation, dropout, seed)
     return keras.Model(inputs, outputs, name=name or "hub_classifier")

@@ -23,7 +23,7 @@ like model: ~19.5 img/s training, ~85 img/s inference; the rest of the model
 now dominates). Depthwise-then-sum (slow backward, 12-40 s under XLA), im2col
 from 9 shifted slices + batched matmul (3-10x slower) and full block-diagonal
 for many groups (3-6x slower) all lost; host timings are noisy (shared 2
-cores), re-measure with ``python -m workbench.bench_conv``. The forward graph
+cores), re-measure with ``python -m workbench.bench.conv``. The forward graph
 is plain Split/Tile/Mul/Conv2D/ConcatV2 and converts to TFLite (CONV_2D, TILE,
 MUL). On GPU/TPU the native grouped op is used (``implementation="auto"``).
 """
@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 
 
-def _default_groups_per_conv(groups, group_in_channels):
+def default_groups_per_conv(groups, group_in_channels):
     if groups * group_in_channels <= 32:
         return groups
     return int(min(groups, max(1, 16 // group_in_channels)))
@@ -65,7 +65,7 @@ def grouped_conv2d(x, kernel, strides, groups, groups_per_conv=None, padding="SA
     if gi == 1 and go == 1:  # depthwise: TF has a fast CPU kernel for it
         dw = tf.reshape(kernel, (kernel.shape[0], kernel.shape[1], co, 1))
         return tf.nn.depthwise_conv2d(x, dw, (1, strides, strides, 1), padding)
-    c = groups_per_conv or _default_groups_per_conv(groups, gi)
+    c = groups_per_conv or default_groups_per_conv(groups, gi)
     sizes = [c] * (groups // c) + ([groups % c] if groups % c else [])
     if len(sizes) == 1:
         return tf.nn.conv2d(x, block_diagonal_kernel(kernel, groups), strides, padding)

@@ -9,40 +9,25 @@ fastest; the suggestion is fastai's default "valley" rule.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-import matplotlib
+from workbench import checks
+from workbench.contract import outputs_logits
+from workbench.figures import finish, plt
 
-if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend().lower():
-    matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-__all__ = ["LRFindResult", "lr_find", "outputs_probabilities", "suggest_lr"]
+__all__ = ["LRFindResult", "lr_find", "suggest_lr"]
 
 _SMOOTHING = 0.98  # fastai's exponential moving average of the loss
 _DIVERGENCE = 4.0  # stop when the smoothed loss exceeds 4x its minimum
 METHODS = ("valley", "steep", "minimum")
 
 
-def outputs_probabilities(model: keras.Model) -> bool:
-    """Whether the model's (last) output goes through a softmax or sigmoid, i.e. is not logits."""
-    layer = model.layers[-1]
-    for out in getattr(model, "outputs", None) or []:
-        history = getattr(out, "_keras_history", None)
-        if history is not None:
-            layer = history[0]
-    activation = getattr(layer, "activation", None)
-    name = getattr(activation, "__name__", None) or str(layer.get_config().get("activation", ""))
-    return name in ("softmax", "sigmoid")
-
-
 def _default_loss(model: keras.Model):
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model))
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model))
 
 
 def suggest_lr(lrs, losses, method: str = "valley") -> float:
@@ -122,10 +107,7 @@ class LRFindResult:
                      + (", stopped at divergence" if self.diverged else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=9)
-        fig.tight_layout()
-        if path:
-            fig.savefig(path, dpi=100)
-        return fig
+        return finish(fig, path)
 
     def __repr__(self):
         return (f"LRFindResult(suggestion={self.suggestion:.3g} ({self.method}), "
@@ -165,9 +147,10 @@ def lr_find(model: keras.Model, data, start_lr: float = 1e-7, end_lr: float = 1.
     `loss` defaults to sparse categorical cross-entropy, `from_logits` chosen from the
     last layer's activation. `method` picks the suggestion rule (see `suggest_lr`).
     """
-    if not (start_lr > 0 and end_lr > start_lr):
+    checks.positive_number("start_lr", start_lr)
+    if not (checks.positive_number("end_lr", end_lr) > start_lr):
         raise ValueError(f"Need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}.")
-    if not isinstance(steps, int) or steps < 5:
+    if checks.positive_int("steps", steps, " (100 is typical)") < 5:
         raise ValueError(f"steps must be an integer >= 5 (100 is typical), got {steps!r}.")
     if method not in METHODS:
         raise ValueError(f"Unknown suggestion method {method!r}; expected one of {METHODS}.")

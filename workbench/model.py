@@ -1,20 +1,24 @@
 """The RegNet model in Keras 3: stem, four stages of X or Y blocks, head.
 
-A functional `keras.Model` whose layers are named `<stage>_...` with stage in
-`STAGES`, so `stage_layers(model, "stage3")` finds a stage by name. Images go
-in as raw 0-255 RGB; normalization is the model's first layer.
+A functional `keras.Model` whose layers are named `<stage>_...` as the
+model contract (`workbench.contract`) says, so `stage_layers(model, "stage3")`
+finds a stage by name. Images go in as raw 0-255 RGB; normalization is the
+model's first layer. Initialization is seeded: the same `seed` builds the same
+weights, whatever the global random state.
 """
 from __future__ import annotations
 
+import zlib
+
 import keras
 
+from workbench import checks
+from workbench.contract import CLASSIFIER, DROPOUT, FEATURES
 from workbench.design import RegNetConfig, get_config
 from workbench.layers import BatchNorm, GroupConv2D
 
-STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MIN_SIZE = 32
 
 # How a set of weights was trained: input normalization and stride-2 padding.
 # keras.applications: x / 255 and TF "same" padding (asymmetric on even sizes);
@@ -47,12 +51,18 @@ def _bn(name):
     return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
 
 
-def _init():
-    """pycls initialization, He normal over fan-out (a new initializer per layer)."""
-    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+def layer_seed(seed: int, name: str) -> int:
+    """A reproducible seed for one layer's initializer: the model seed and the layer name."""
+    return zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF
 
 
-def _conv3x3(x, filters, stride, groups, symmetric, name):
+def _he(seed, name):
+    """pycls initialization, He normal over fan-out, seeded per layer."""
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal",
+                                              seed=layer_seed(seed, name))
+
+
+def _conv3x3(x, filters, stride, groups, symmetric, seed, name):
     """3x3 convolution; stride 2 pads like PyTorch when `symmetric`."""
     padding = "same"
     if stride == 2 and symmetric:
@@ -60,32 +70,33 @@ def _conv3x3(x, filters, stride, groups, symmetric, name):
         padding = "valid"
     if groups == 1:
         return keras.layers.Conv2D(filters, 3, strides=stride, padding=padding, use_bias=False,
-                                   kernel_initializer=_init(), name=name)(x)
+                                   kernel_initializer=_he(seed, name), name=name)(x)
     return GroupConv2D(filters, 3, strides=stride, groups=groups, padding=padding,
-                       kernel_initializer=_init(), name=name)(x)
+                       kernel_initializer=_he(seed, name), name=name)(x)
 
 
-def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symmetric, name):
+def _conv1x1(x, filters, seed, name, stride=1, **kwargs):
+    return keras.layers.Conv2D(filters, 1, strides=stride, kernel_initializer=_he(seed, name), name=name,
+                               **{"use_bias": False, **kwargs})(x)
+
+
+def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symmetric, seed, name):
     """Residual bottleneck block: X block, or Y block when se_ratio > 0."""
     w_b = int(round(w_out * bottleneck_ratio))
     shortcut = x
     if stride != 1 or w_in != w_out:
-        shortcut = keras.layers.Conv2D(w_out, 1, strides=stride, use_bias=False,
-                                       kernel_initializer=_init(), name=f"{name}_proj_conv")(x)
-        shortcut = _bn(f"{name}_proj_bn")(shortcut)
-    y = keras.layers.Conv2D(w_b, 1, use_bias=False, kernel_initializer=_init(), name=f"{name}_conv1")(x)
+        shortcut = _bn(f"{name}_proj_bn")(_conv1x1(x, w_out, seed, f"{name}_proj_conv", stride))
+    y = _conv1x1(x, w_b, seed, f"{name}_conv1")
     y = keras.layers.ReLU(name=f"{name}_relu1")(_bn(f"{name}_bn1")(y))
-    y = _conv3x3(y, w_b, stride, w_b // group_width, symmetric, f"{name}_conv2")
+    y = _conv3x3(y, w_b, stride, w_b // group_width, symmetric, seed, f"{name}_conv2")
     y = keras.layers.ReLU(name=f"{name}_relu2")(_bn(f"{name}_bn2")(y))
     if se_ratio:
         w_se = int(round(w_in * se_ratio))
         s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(y)
-        s = keras.layers.Conv2D(w_se, 1, activation="relu", kernel_initializer=_init(),
-                                name=f"{name}_se_reduce")(s)
-        s = keras.layers.Conv2D(w_b, 1, activation="sigmoid", kernel_initializer=_init(),
-                                name=f"{name}_se_expand")(s)
+        s = _conv1x1(s, w_se, seed, f"{name}_se_reduce", activation="relu", use_bias=True)
+        s = _conv1x1(s, w_b, seed, f"{name}_se_expand", activation="sigmoid", use_bias=True)
         y = keras.layers.Multiply(name=f"{name}_se_scale")([y, s])
-    y = keras.layers.Conv2D(w_out, 1, use_bias=False, kernel_initializer=_init(), name=f"{name}_conv3")(y)
+    y = _conv1x1(y, w_out, seed, f"{name}_conv3")
     y = _bn(f"{name}_bn3")(y)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)
@@ -96,52 +107,54 @@ def _check_input_shape(input_shape):
     if len(shape) != 3 or shape[-1] != 3:
         raise ValueError(f"input_shape must be (height, width, 3) for RGB images, got {input_shape}.")
     for side in shape[:2]:
-        if side is not None and side < MIN_SIZE:
+        if side is not None and (not isinstance(side, int) or side < checks.MIN_IMAGE_SIZE):
             raise ValueError(
                 f"input_shape {input_shape} is too small: RegNet downsamples 32x, so height and "
-                f"width must be at least {MIN_SIZE} pixels (or None for any size).")
+                f"width must be at least {checks.MIN_IMAGE_SIZE} pixels (or None for any size).")
     return shape
 
 
+def classifier_head(x, num_classes, classifier_activation="softmax", dropout=0.0, seed=0):
+    """Pooled features -> [dropout] -> the Dense classifier, named as the model contract says."""
+    if dropout:
+        x = keras.layers.Dropout(dropout, seed=layer_seed(seed, DROPOUT), name=DROPOUT)(x)
+    init = keras.initializers.GlorotUniform(seed=layer_seed(seed, CLASSIFIER))
+    return keras.layers.Dense(num_classes, activation=classifier_activation, kernel_initializer=init,
+                              name=CLASSIFIER)(x)
+
+
 def build(config: RegNetConfig, num_classes=1000, input_shape=(224, 224, 3), include_top=True,
-          pooling=None, classifier_activation="softmax", dropout=0.0, convention="keras", name=None):
-    """The Keras model for one point of the design space, randomly initialized."""
+          pooling=None, classifier_activation="softmax", dropout=0.0, convention="keras", name=None,
+          seed=0):
+    """The Keras model for one point of the design space, randomly initialized from `seed`."""
     shape = _check_input_shape(input_shape)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
     conv = CONVENTIONS[convention]
     inputs = keras.Input(shape, name="image")
     x = Preprocess(conv["mean"], conv["std"], name="stem_preprocess")(inputs)
-    x = _conv3x3(x, 32, 2, 1, conv["symmetric_padding"], "stem_conv")
+    x = _conv3x3(x, 32, 2, 1, conv["symmetric_padding"], seed, "stem_conv")
     x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
     w_in = 32
     for s, st in enumerate(config.stages(), start=1):
         for b in range(st["depth"]):
             x = _block(x, w_in, st["width"], 2 if b == 0 else 1, st["group_width"],
-                       st["bottleneck_ratio"], config.se_ratio, conv["symmetric_padding"],
+                       st["bottleneck_ratio"], config.se_ratio, conv["symmetric_padding"], seed,
                        f"stage{s}_block{b + 1}")
             w_in = st["width"]
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-        x = keras.layers.Dense(num_classes, activation=classifier_activation, name="head_fc")(x)
+        x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
+        x = classifier_head(x, num_classes, classifier_activation, dropout, seed)
     elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
     elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="head_pool")(x)
+        x = keras.layers.GlobalMaxPooling2D(name=FEATURES)(x)
     return keras.Model(inputs, x, name=name or config.name)
 
 
-def stage_layers(model: keras.Model, stage: str) -> list:
-    """The layers of `model` that belong to `stage` (one of STAGES)."""
-    if stage not in STAGES:
-        raise ValueError(f"Unknown stage {stage!r}; stages are {', '.join(STAGES)}.")
-    return [layer for layer in model.layers if layer.name.split("_", 1)[0] == stage]
-
-
 def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=(224, 224, 3),
-           include_top=True, pooling=None, classifier_activation="softmax", dropout=0.0, name=None):
+           include_top=True, pooling=None, classifier_activation="softmax", dropout=0.0, name=None,
+           seed=0):
     """A RegNet `keras.Model` for a named variant or a `RegNetConfig`.
 
     weights: None (random init), "imagenet" (keras.applications weights,
@@ -149,6 +162,8 @@ def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=
     state dict (`.safetensors`, `.pth`, `.pyth`) or Keras 3 `.weights.h5`.
     The file's head is kept when it fits (same number of classes), else a
     fresh head is built: with num_classes != 1000 the ImageNet head is dropped.
+    seed: the random initialization (of every layer, or of the fresh head and
+    dropout), independent of the global random state.
     """
     from workbench import weights as weights_io
 
@@ -156,7 +171,7 @@ def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=
     _check_input_shape(input_shape)
     source = weights_io.open_weights(weights, config, include_top, num_classes)
     model = build(config, num_classes, input_shape, include_top, pooling, classifier_activation,
-                  dropout, convention=source.convention if source else "keras", name=name)
+                  dropout, convention=source.convention if source else "keras", name=name, seed=seed)
     if source:
         source.assign(model)
     return model

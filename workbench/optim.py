@@ -20,14 +20,13 @@ Given the model, the optimizer is built for *every* variable that can ever
 train (frozen layers included): a Keras 3 optimizer refuses variables it was
 not built with, so this is what lets `GradualUnfreezing` unfreeze a stage
 mid-`fit`. Stages are found by variable path (`stage3_block1_conv1/kernel` ->
-stage3), the same rule as `stage_layers`; variables outside every stage get
+stage3) with the model contract's `stage_of`; variables outside every stage get
 multiplier 1. The wrapper is registered serializable: a compiled model saved
 with `model.save("m.keras")` loads with `keras.models.load_model` (no
 custom_objects, once `workbench` is imported) with its optimizer state.
 """
 from __future__ import annotations
 
-import math
 import weakref
 
 import keras
@@ -35,48 +34,14 @@ from keras import ops
 from keras.src import backend
 from keras.src.utils import tracking
 
-from workbench.model import STAGES
-
-# Distance of each stage from the head: its default multiplier is decay ** -depth.
-_DEPTH = {"head": 0, "stage4": 1, "stage3": 2, "stage2": 3, "stage1": 4, "stem": 5}
-
-
-def stage_of(path: str) -> str | None:
-    """The stage a variable or layer path belongs to, or None (`stage3_block1_conv1/kernel` -> "stage3")."""
-    for part in str(path).split("/"):
-        prefix = part.split("_", 1)[0]
-        if prefix in STAGES:
-            return prefix
-    return None
+from workbench import checks
+from workbench.contract import STAGES, depth_from_head, model_stages, stage_of, trainable_candidates
 
 
 def default_multipliers(decay: float = 2.6) -> dict[str, float]:
     """Learning-rate multiplier per stage: head 1, stage4 1/decay, ..., stem 1/decay**5."""
-    decay = _positive("decay", decay)
-    return {stage: decay ** -_DEPTH[stage] for stage in STAGES}
-
-
-def trainable_candidates(model) -> list:
-    """Every variable of `model` that trains when its layer is trainable, frozen layers included.
-
-    Same order as `model.trainable_variables` with every layer trainable, so an
-    optimizer built on it saves and loads like one built after unfreezing all.
-    """
-    ids = set()
-    for layer in model._flatten_layers(include_self=True):
-        ids.update(id(v) for v in layer._trainable_variables)
-    seen, out = set(), []
-    for v in model.variables:
-        if id(v) in ids and id(v) not in seen:
-            seen.add(id(v))
-            out.append(v)
-    return out
-
-
-def _positive(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-    return float(value)
+    decay = checks.lr_decay(decay)
+    return {stage: decay ** -depth_from_head(stage) for stage in STAGES}
 
 
 def resolve_multipliers(decay=2.6, multipliers=None, model=None) -> dict[str, float]:
@@ -85,13 +50,13 @@ def resolve_multipliers(decay=2.6, multipliers=None, model=None) -> dict[str, fl
     for stage, m in (multipliers or {}).items():
         if stage not in STAGES:
             raise ValueError(f"multipliers has unknown stage {stage!r}; stages are {', '.join(STAGES)}.")
-        out[stage] = _positive(f"multipliers[{stage!r}]", m)
+        out[stage] = checks.positive_number(f"multipliers[{stage!r}]", m)
     if model is not None and multipliers:
-        present = {stage_of(layer.name) for layer in model.layers}
+        present = model_stages(model)
         missing = [s for s in multipliers if s not in present]
         if missing:
             raise ValueError(f"multipliers name stage(s) {missing} that model '{model.name}' does not have "
-                             f"(its stages: {[s for s in STAGES if s in present]}).")
+                             f"(its stages: {present}).")
     return out
 
 
@@ -110,11 +75,11 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
         lr = inner._learning_rate
         if isinstance(lr, (int, float)) or hasattr(lr, "numpy"):
             try:
-                _positive("learning_rate", float(ops.convert_to_numpy(lr)))
+                checks.positive_number("learning_rate", float(ops.convert_to_numpy(lr)))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"The inner optimizer's learning rate must be > 0, got {lr!r}.") from err
         self.inner_optimizer = inner
-        self.decay = _positive("decay", decay)
+        self.decay = checks.lr_decay(decay)
         self.multipliers = resolve_multipliers(decay, multipliers, model)
         self._model_ref = weakref.ref(model) if model is not None else None
         self._multiplier_by_key = {}

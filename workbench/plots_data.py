@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 
-import matplotlib
+import numpy as np
 
-if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend().lower():
-    matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from workbench.figures import finish, plt
 
 
 def show_batch(data, n: int = 16, split: str = "train", path=None):
@@ -31,10 +27,7 @@ def show_batch(data, n: int = 16, split: str = "train", path=None):
         ax.imshow(np.clip(image, 0, 255).astype("uint8"))
         ax.set_title(data.class_names[int(label)], fontsize=9)
     fig.suptitle(f"{split} batch ({data.image_size}x{data.image_size})")
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=100)
-    return fig
+    return finish(fig, path)
 
 
 def plot_class_distribution(data, path=None):
@@ -48,7 +41,4 @@ def plot_class_distribution(data, path=None):
     ax.set_ylabel("images")
     ax.set_title(f"Class distribution (imbalance {data.imbalance:.1f}x)")
     ax.legend()
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=100)
-    return fig
+    return finish(fig, path)

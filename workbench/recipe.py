@@ -1,17 +1,21 @@
-"""What the recipe notebooks call: parameter checks, model choice, summary.
+"""What the recipe notebooks call: parameter checks, model choice, outputs, summary.
 
 Recipes (`recipes/*.ipynb`) keep narrative and parameters; the logic that
-would make a cell longer than a dozen lines lives here.
+would make a cell longer than a dozen lines lives here. Parameters are checked
+with the library's own rules (`workbench.checks` and each component's parser),
+so a recipe and the Python API accept and refuse the same values.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from workbench import checks
 from workbench.design import resolve_variant
-from workbench.export import parse_formats
+from workbench.export import export_all, parse_formats
 from workbench.hub import hub_classifier, hub_handle, is_hub_variant
 from workbench.model import regnet
+from workbench.reports import write_report
 from workbench.unfreeze import parse_schedule
 
 
@@ -22,82 +26,62 @@ class RecipeError(ValueError):
 def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, lr, lr_decay,
                  seed, max_train_images, output_dir, export, data_dir=None, dataset=None) -> dict:
     """Validate every recipe parameter before any work; raise RecipeError with one sentence."""
-    def need(ok, sentence):
-        if not ok:
-            raise RecipeError(sentence)
-
-    if not is_hub_variant(variant):
-        try:
-            variant = resolve_variant(variant)
-        except ValueError as e:
-            raise RecipeError(str(e)) from None
-    need(isinstance(image_size, int) and image_size >= 32,
-         f"image_size must be an integer of at least 32 pixels, got {image_size!r}.")
-    need(isinstance(batch_size, int) and batch_size >= 1,
-         f"batch_size must be a positive integer, got {batch_size!r}.")
-    need(isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1,
-         f"epochs must be a positive integer (the number of passes over the data), got {epochs!r}.")
-    need(isinstance(lr, (int, float)) and lr > 0, f"lr must be a positive learning rate, got {lr!r}.")
-    need(isinstance(lr_decay, (int, float)) and lr_decay >= 1,
-         f"lr_decay must be >= 1 (each lower stage trains lr_decay times slower), got {lr_decay!r}.")
-    need(isinstance(max_train_images, int) and max_train_images >= 0,
-         f"max_train_images must be 0 (all) or a positive integer, got {max_train_images!r}.")
-    need(isinstance(seed, int), f"seed must be an integer, got {seed!r}.")
-    if unfreeze not in ("auto", "", None):
-        try:
-            parse_schedule(unfreeze)
-        except ValueError as e:
-            raise RecipeError(f"unfreeze={unfreeze!r} is not a schedule: {e}") from None
     try:
-        formats = parse_formats(export or "")
+        if not is_hub_variant(variant):
+            variant = resolve_variant(variant)
+        checks.image_size(image_size)
+        checks.positive_int("batch_size", batch_size)
+        checks.positive_int("epochs", epochs, " (the number of passes over the data)")
+        checks.positive_number("lr", lr, " (the head's peak learning rate, e.g. 1e-3)")
+        checks.lr_decay(lr_decay)
+        checks.non_negative_int("max_train_images", max_train_images, " (0 = all)")
+        checks.integer("seed", seed)
+        if unfreeze not in ("auto", "", None):
+            try:
+                parse_schedule(unfreeze)
+            except ValueError as e:
+                raise ValueError(f"unfreeze={unfreeze!r} is not a schedule: {e}") from None
+        try:
+            formats = parse_formats(export or "")
+        except ValueError as e:
+            raise ValueError(f"export={export!r}: {e}") from None
     except ValueError as e:
-        raise RecipeError(f"export={export!r}: {e}") from None
-    if data_dir is not None:
-        need(Path(data_dir).is_dir(),
-             f"data_dir={str(data_dir)!r} does not exist: point it at a folder with one "
-             f"sub-folder of images per class.")
-    need(bool(str(output_dir)), "output_dir must name a folder for the results.")
-    need(dataset is None or (isinstance(dataset, str) and dataset),
-         f"dataset must be the name of a TFDS image-classification dataset, got {dataset!r}.")
+        raise RecipeError(str(e)) from None
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise RecipeError(f"data_dir={str(data_dir)!r} does not exist: point it at a folder with one "
+                          f"sub-folder of images per class.")
+    if not str(output_dir):
+        raise RecipeError("output_dir must name a folder for the results.")
+    if dataset is not None and not (isinstance(dataset, str) and dataset):
+        raise RecipeError(f"dataset must be the name of a TFDS image-classification dataset, got {dataset!r}.")
     weights = None if weights in (None, "", "none", "None") else weights
-    if weights not in (None, "imagenet"):
-        need(Path(weights).is_file(), f"weights={weights!r}: no such file; use 'imagenet', "
-                                      f"'none' or the path of a weights file.")
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise RecipeError(f"weights={weights!r}: no such file; use 'imagenet', 'none' or the path of a "
+                          f"weights file.")
     return dict(variant=variant, weights=weights, export=formats, output_dir=Path(output_dir))
 
 
-def build_model(variant, weights, num_classes, image_size, dropout=0.0):
+def build_model(variant, weights, num_classes, image_size, dropout=0.0, seed=0):
     """(model, pretrained): the recipe's model; says plainly when ImageNet weights are unavailable."""
     shape = (image_size, image_size, 3)
     if is_hub_variant(variant):
         handle = hub_handle(variant)
         print(f"Backbone: TF Hub model {handle} (one stage: 'stage4'); head: {num_classes} classes.")
-        return hub_classifier(handle, num_classes, input_shape=shape), True
+        return hub_classifier(handle, num_classes, input_shape=shape, dropout=dropout, seed=seed), True
     try:
         model = regnet(variant, num_classes=num_classes, weights=weights, input_shape=shape,
-                       dropout=dropout)
+                       dropout=dropout, seed=seed)
     except OSError as e:
         if weights != "imagenet":
             raise
         print(f"ImageNet weights are NOT available: {e}\n"
               f"=> Training {variant} FROM RANDOM INITIALIZATION instead. Expect lower accuracy "
               f"than fine-tuning a pretrained model; the whole network trains from epoch 0.")
-        return regnet(variant, num_classes=num_classes, input_shape=shape, dropout=dropout), False
+        return regnet(variant, num_classes=num_classes, input_shape=shape, dropout=dropout, seed=seed), False
     source = "random initialization" if weights is None else f"weights {weights}"
     print(f"Model: {variant} from {source}, {model.count_params():,} parameters, "
           f"{num_classes}-class head.")
     return model, weights is not None
-
-
-def schedule_for(unfreeze, pretrained, epochs):
-    """The unfreeze schedule: the user's, or for 'auto' staged (pretrained) / all at once (random)."""
-    if unfreeze not in ("auto", "", None):
-        return unfreeze
-    if not pretrained:
-        print("Random initialization: every stage trains from epoch 0 (unfreeze='0:all').")
-        return "0:all"
-    from workbench.finetune import default_schedule
-    return default_schedule(epochs)
 
 
 def summary(metrics: dict, output_dir) -> str:
@@ -118,11 +102,9 @@ def save_outputs(result, data, output_dir, variant, export, extra=None) -> dict:
     """model.keras, metrics.json and the report pictures, plus the requested exports."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from workbench.reports import write_report
     metrics = write_report(result.model, data, result, out, variant, extra=extra)
     result.model.save(out / "model.keras")
     if export:
-        from workbench.export import export_all
         metrics["exports"] = export_all(result.model, out, export, data.class_names)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics

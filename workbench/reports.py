@@ -9,30 +9,17 @@ from __future__ import annotations
 import heapq
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-import matplotlib
-
-if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend().lower():
-    matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from workbench.lr_find import outputs_probabilities  # noqa: E402
+from workbench.contract import outputs_logits
+from workbench.figures import finish, plt
 
 __all__ = ["confusion_matrix", "per_class_metrics", "plot_confusion_matrix", "plot_lr_schedule",
            "plot_top_losses", "plot_training_curves", "predict_dataset", "write_report"]
 
 _EPS = 1e-7  # Keras' probability clip in cross-entropy
-
-
-def _save(fig, path):
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=100)
-    return fig
 
 
 # ---------------------------------------------------------------------------- predictions
@@ -46,7 +33,7 @@ def _softmax(z):
 def _collect(model, dataset, top_n=0):
     """(y_true, y_prob, top) over a dataset; `top` = the `top_n` highest-loss (loss, image, label, prob)."""
     dataset = getattr(dataset, "val", dataset)
-    logits = not outputs_probabilities(model)
+    logits = outputs_logits(model)
     ys, probs, heap, seen = [], [], [], 0
     for x, y in dataset:
         p = np.asarray(model.predict_on_batch(x), dtype="float64")
@@ -188,7 +175,7 @@ def plot_training_curves(history_or_result, events=None, path=None):
         if drawn:
             ax.legend(fontsize=8, loc="best")
     fig.suptitle("Training curves" + (" (dashed: stages unfrozen)" if events else ""))
-    return _save(fig, path)
+    return finish(fig, path)
 
 
 def plot_confusion_matrix(y_true, y_pred, class_names, path=None, normalize=True):
@@ -217,7 +204,7 @@ def plot_confusion_matrix(y_true, y_pred, class_names, path=None, normalize=True
                         color="white" if dark else "black")
     accuracy = np.trace(cm) / max(cm.sum(), 1)
     ax.set_title(f"Confusion matrix: {cm.sum()} images, accuracy {accuracy:.1%}")
-    return _save(fig, path)
+    return finish(fig, path)
 
 
 def _plot_top(top, class_names, path=None):
@@ -235,7 +222,7 @@ def _plot_top(top, class_names, path=None):
     if not top:
         axes.flat[0].text(0.5, 0.5, "no validation images", ha="center", va="center")
     fig.suptitle("Top losses: predicted / actual, loss / probability of the prediction")
-    return _save(fig, path)
+    return finish(fig, path)
 
 
 def plot_top_losses(model, data, n: int = 9, path=None):
@@ -286,7 +273,7 @@ def plot_lr_schedule(schedule_or_lrs, steps=None, path=None, xlabel=None, events
     ax.set_ylabel("learning rate")
     ax.set_title(f"Learning-rate schedule{f': {name}' if name else ''}")
     ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    return finish(fig, path)
 
 
 # ---------------------------------------------------------------------------- the report

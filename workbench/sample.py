@@ -22,7 +22,7 @@ _SPLITS = {"train": (0.0, 0.75, 80), "val": (0.75, 1.0, 20)}  # rows from, rows 
 _OUT = 128
 
 
-def _source(name: str) -> Image.Image:
+def source_photo(name: str) -> Image.Image:
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("wb.sample_dataset() needs scikit-image (pip install scikit-image), "
@@ -52,7 +52,7 @@ def sample_dataset(path=None) -> Path:
         return root
     rng = np.random.default_rng(0)
     for label in CLASSES:
-        photo = _source(label)
+        photo = source_photo(label)
         for split, (top, bottom, count) in _SPLITS.items():
             folder = root / split / label
             folder.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,13 @@ a subset is reported before the first step.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import keras
 
-from workbench.model import STAGES, stage_layers
+from workbench import checks
+from workbench.contract import STAGES, stage_layers, trainable_candidates
+from workbench.optim import inner_discriminative
 
 
 def _stage_list(value, where: str) -> tuple[str, ...]:
@@ -91,6 +94,57 @@ def parse_schedule(schedule) -> dict[int, tuple[str, ...]]:
     return out
 
 
+def default_schedule(epochs: int) -> dict[int, list[str]]:
+    """Head for the first ~third, then stage4, stage3+stage2, stage1+stem over the rest."""
+    epochs = checks.positive_int("epochs", epochs)
+    head = max(1, round(epochs / 3))
+    rest = epochs - head
+    phases = [["stage4"], ["stage3", "stage2"], ["stage1", "stem"]]
+    out: dict[int, list[str]] = {0: ["head"]}
+    for i, stages in enumerate(phases):
+        if rest <= 0:
+            break
+        e = head + (i * rest) // len(phases)
+        out.setdefault(e, []).extend(stages)
+    return out
+
+
+@dataclass(frozen=True)
+class UnfreezePolicy:
+    """What to unfreeze when, and the discriminative decay: `finetune(unfreeze=schedule, lr_decay=lr_decay)`."""
+
+    schedule: str  # "0:head,3:stage4,..."
+    lr_decay: float
+    reason: str
+
+    def __str__(self):
+        return f"unfreeze {self.schedule}, lr_decay {self.lr_decay:g} ({self.reason})"
+
+
+def unfreeze_policy(unfreeze="auto", epochs: int = 10, pretrained: bool = True,
+                    lr_decay: float = 2.6) -> UnfreezePolicy:
+    """The unfreezing policy for a run: the user's schedule, or what "auto" means.
+
+    - "auto" (or None, ""), pretrained weights: `default_schedule(epochs)` (the head
+      for about a third of the epochs, then stage by stage from the top).
+    - "auto", random initialization: every stage from epoch 0 ("0:all").
+    - `lr_decay` applies to pretrained weights only: from random initialization
+      the lower stages hold nothing worth protecting, so every stage trains at
+      one rate (lr_decay 1), whatever the schedule.
+    """
+    checks.positive_int("epochs", epochs)
+    decay = checks.lr_decay(lr_decay) if pretrained else 1.0
+    if unfreeze not in ("auto", "", None):
+        why = "the schedule given" + ("" if pretrained else "; random initialization: one rate for every stage")
+        parse_schedule(unfreeze)  # refuses a malformed schedule here, before any work
+        text = unfreeze.strip() if isinstance(unfreeze, str) else format_schedule(unfreeze)
+        return UnfreezePolicy(text, decay, why)
+    if not pretrained:
+        return UnfreezePolicy("0:all", 1.0, "random initialization: every stage trains from epoch 0 at one rate")
+    return UnfreezePolicy(format_schedule(default_schedule(epochs)), decay,
+                          "pretrained: the head first, then stage by stage from the top")
+
+
 def format_schedule(schedule) -> str:
     """The string form of a schedule ("0:head,2:stage4")."""
     return ",".join(f"{e}:{'+'.join(s)}" for e, s in parse_schedule(schedule).items())
@@ -131,8 +185,6 @@ def set_trainable_stages(model, stages) -> None:
 
 def optimizer_missing_variables(model) -> list:
     """Variables that may train but the (built) optimizer was not built with."""
-    from workbench.optim import trainable_candidates
-
     opt = getattr(model, "optimizer", None)
     if opt is None or not opt.built:
         return []
@@ -168,14 +220,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
         check_schedule(self.schedule, model)
 
     def _multiplier(self, stage) -> float:
-        from workbench.optim import inner_discriminative
-
         opt = inner_discriminative(getattr(self.model, "optimizer", None))
         return opt.multipliers.get(stage, 1.0) if opt is not None else 1.0
 
     def on_train_begin(self, logs=None):
-        from workbench.optim import trainable_candidates
-
         opt = getattr(self.model, "optimizer", None)
         if opt is not None and not opt.built:
             # Keras would build it lazily on the first step, for the stages trainable then only.

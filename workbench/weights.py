@@ -14,6 +14,8 @@ import re
 
 import numpy as np
 
+from workbench.contract import CLASSIFIER, stage_of
+
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/regnet/"
 CACHE_DIR = None  # None: Keras' own cache (~/.keras/models), shared with keras.applications
 # sha256 of keras.applications' regnet{x,y}NNN.h5 and regnet{x,y}NNN_notop.h5.
@@ -107,7 +109,7 @@ class WeightSource:
         for layer in model.layers:
             if not layer.weights:
                 continue
-            if layer.name.startswith("head_") and not self._head_fits(layer):
+            if stage_of(layer.name) == "head" and not self._head_fits(layer):
                 continue                  # dropped: a fresh head for another number of classes
             if layer.name not in self.tensors:
                 raise ValueError(
@@ -129,7 +131,7 @@ class WeightSource:
                 values.append(value)
             layer.set_weights(values)
             used.add(layer.name)
-        extra = [n for n in self.tensors if n not in used and not n.startswith("head_")]
+        extra = [n for n in self.tensors if n not in used and stage_of(n) != "head"]
         if extra:
             raise ValueError(
                 f"{self.path} has weights for {extra[0]!r} (and {len(extra) - 1} more layers) that "
@@ -227,7 +229,7 @@ def _keras_layer_name(name):
     m = re.search(r"_Stage_(\d+)_[XYZ]Block_(\d+)_(.+)$", name)
     if m and m.group(3) in _KERAS_PARTS:
         return f"stage{int(m.group(1)) + 1}_block{int(m.group(2)) + 1}_{_KERAS_PARTS[m.group(3)]}"
-    for suffix, ours in (("_stem_conv", "stem_conv"), ("_stem_bn", "stem_bn"), ("head_dense", "head_fc")):
+    for suffix, ours in (("_stem_conv", "stem_conv"), ("_stem_bn", "stem_bn"), ("head_dense", CLASSIFIER)):
         if name.endswith(suffix):
             return ours
     return None
@@ -275,8 +277,10 @@ def _from_state_dict(path, state, kind):
         m = re.fullmatch(r"s(\d)\.b(\d+)\.(.+)", module)
         if m and m.group(3) in parts:
             layer = f"stage{m.group(1)}_block{m.group(2)}_{parts[m.group(3)]}"
-        elif module in ("stem.conv", "stem.bn", "head.fc"):
+        elif module in ("stem.conv", "stem.bn"):
             layer = module.replace(".", "_")
+        elif module == "head.fc":
+            layer = CLASSIFIER
         else:
             raise ValueError(f"{path}: tensor {key!r} is not part of a timm or pycls RegNet.")
         value = np.asarray(value, dtype=np.float32)
@@ -295,9 +299,9 @@ def _from_state_dict(path, state, kind):
 
 def download_imagenet(config, include_top=True):
     """Path of the cached keras.applications ImageNet weights; downloads them once."""
-    from workbench.design import _size_code
+    from workbench.design import size_code
     family, _, size = config.name.partition("_")
-    code = f"{family[-1]}{_size_code(size)}" if family in ("regnetx", "regnety") and size else None
+    code = f"{family[-1]}{size_code(size)}" if family in ("regnetx", "regnety") and size else None
     if code not in KERAS_HASHES:
         raise ValueError(
             f"No published ImageNet weights for {config.name!r}: they exist for the 24 named "

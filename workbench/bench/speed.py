@@ -1,6 +1,6 @@
 """Training and inference speed: ours against tf_keras.applications, in one run.
 
-    python -m workbench.bench --variant regnety_200mf [--batch 32 --size 224]
+    python -m workbench.bench.speed --variant regnety_200mf [--batch 32 --size 224]
 
 Both models are compiled the same way (SGD with momentum, sparse
 cross-entropy, each framework's default jit setting) and timed on the same
@@ -9,35 +9,9 @@ in-memory batch after warm-up; figures are medians over the timed steps.
 from __future__ import annotations
 
 import argparse
-import time
+import os
 
 import numpy as np
-
-
-def _time(step, warmup, steps):
-    """Median seconds per call after `warmup` calls (robust to a busy machine)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def measure(model, x, y, train_steps, infer_steps, optimizer):
-    """(train img/s, inference img/s) of a compiled-by-us Keras 2 or 3 model."""
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
-    train = _time(lambda: model.train_on_batch(x, y), 1, train_steps)
-    infer = _time(lambda: model.predict_on_batch(x), 1, infer_steps)
-    return len(x) / train, len(x) / infer
-
-
-def keras_applications_name(variant: str) -> str:
-    from workbench.design import _size_code
-    family, size = variant.split("_")
-    return f"RegNet{family[-1].upper()}{_size_code(size)}"
 
 
 def main(argv=None):
@@ -54,15 +28,17 @@ def main(argv=None):
     import keras
 
     import workbench as wb
+    from workbench.design import keras_applications_name
+    from workbench.timing import throughput
     variant = wb.resolve_variant(args.variant)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype("float32")
     y = rng.integers(0, 1000, args.batch)
     shape = (args.size, args.size, 3)
     print(f"{variant}, batch {args.batch}, {args.size}x{args.size}, float32, "
-          f"{__import__('os').cpu_count()} CPU cores")
+          f"{os.cpu_count()} CPU cores")
 
-    ours = measure(wb.regnet(variant, input_shape=shape), x, y, args.steps, 2 * args.steps,
+    ours = throughput(wb.regnet(variant, input_shape=shape), x, y, args.steps, 2 * args.steps,
                    keras.optimizers.SGD(0.01, momentum=0.9))
     print(f"  workbench (Keras 3)        train {ours[0]:7.1f} img/s   inference {ours[1]:7.1f} img/s")
     if args.no_reference:
@@ -70,7 +46,7 @@ def main(argv=None):
     import tf_keras
     ref_model = getattr(tf_keras.applications, keras_applications_name(variant))(
         weights=None, input_shape=shape)
-    ref = measure(ref_model, x, y, args.reference_steps, 2 * args.steps,
+    ref = throughput(ref_model, x, y, args.reference_steps, 2 * args.steps,
                   tf_keras.optimizers.SGD(0.01, momentum=0.9))
     print(f"  tf_keras.applications      train {ref[0]:7.1f} img/s   inference {ref[1]:7.1f} img/s")
     print(f"  ratio (workbench / tf_keras) train {ours[0] / ref[0]:5.1f}x    inference "

@@ -1,4 +1,4 @@
-"""Benchmark the folder pipeline: `python -m workbench.bench_data [--images 400] [--size 224]`."""
+"""Benchmark the folder pipeline: `python -m workbench.bench.data [--images 400] [--size 224]`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workbench.data import load_folder
-from workbench.sample import CLASSES, _source
+from workbench.folders import load_folder
+from workbench.sample import CLASSES, source_photo
 
 
 def write_jpegs(folder: Path, count: int, seed: int = 0) -> Path:
     """`count` 500x375 photo JPEGs (crops of the sample photos), spread over the sample classes."""
     rng = np.random.default_rng(seed)
-    photos = {c: _source(c) for c in CLASSES}
+    photos = {c: source_photo(c) for c in CLASSES}
     for i in range(count):
         label = CLASSES[i % len(CLASSES)]
         side = int(rng.integers(200, 400))

@@ -1,6 +1,6 @@
 """Benchmark exact grouped-conv formulations on this machine.
 
-``python -m workbench.bench_conv [--xla] [--shapes 200MF,600MF,gw24] [--forms ...]``
+``python -m workbench.bench.conv [--xla] [--shapes 200MF,600MF,gw24] [--forms ...]``
 prints forward and forward+backward (w.r.t. input and kernel) ms, best of a few
 runs, batch 32, fp32. Wall time is noisy on a shared host; CPU time is printed too.
 """
@@ -11,7 +11,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from workbench.layers import _default_groups_per_conv, block_diagonal_kernel, grouped_conv2d
+from workbench.layers import block_diagonal_kernel, default_groups_per_conv, grouped_conv2d
 
 # (size, channels, stride, groups): grouped-conv inputs of the RegNet stages.
 SHAPES = {
@@ -124,7 +124,7 @@ def main(argv=None):
     for key in a.shapes.split(","):
         for shape in SHAPES[key]:
             size, c, s, g = shape
-            auto = _default_groups_per_conv(g, c // g)
+            auto = default_groups_per_conv(g, c // g)
             print(f"{key} {size}x{size}x{c} s{s} G={g} (auto: {auto} groups/conv)")
             for xla in modes:
                 for form in a.forms.split(","):

@@ -1,0 +1,106 @@
+"""The process the workbench runs in: a quiet TensorFlow on CPU-only machines, and one seed per run.
+
+Quiet logs. On a machine without an NVIDIA driver, TensorFlow's CUDA build
+still probes for one and writes lines such as "Could not find cuda drivers"
+and "failed call to cuInit ... UNKNOWN ERROR (303)" to the process's stderr,
+from C++, while it is imported and when it first lists devices. Those two
+moments run with stderr captured; the known probe lines are dropped and
+everything else is written back, so real warnings and errors still show.
+`TF_CPP_MIN_LOG_LEVEL` is left to the user. Where a driver exists, nothing is filtered.
+
+Seeds. `seed_everything(seed)` seeds Python, NumPy, TensorFlow and Keras and
+(by default) turns on TensorFlow's op determinism; together with seeded
+initialization (`wb.regnet(seed=...)`) and loader pipelines whose randomness
+depends on their seed only (`ImageData.training`), the same seed gives the
+same numbers on the same machine and package versions.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+
+CUDA_PROBE_LINES = re.compile(
+    r"Could not find cuda drivers on your machine|failed call to cuInit|"
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning: Could not find TensorRT")
+
+
+def gpu_driver_present() -> bool:
+    """True where an NVIDIA driver is installed (so CUDA's messages may matter)."""
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0"))
+
+
+def drop_cuda_probe_lines(text: str) -> str:
+    """`text` without TensorFlow's CUDA-probing lines."""
+    return "".join(line for line in text.splitlines(keepends=True) if not CUDA_PROBE_LINES.search(line))
+
+
+@contextlib.contextmanager
+def _filtered_stderr():
+    """Capture file descriptor 2 (where C++ logs go) and write it back without CUDA-probing lines."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = drop_cuda_probe_lines(capture.read().decode(errors="replace"))
+            if kept:
+                os.write(2, kept.encode())
+
+
+def import_tensorflow_quietly():
+    """`import tensorflow`, without its CUDA-probing lines where no NVIDIA driver is installed."""
+    if "tensorflow" in sys.modules or gpu_driver_present() or os.name != "posix":
+        import tensorflow
+        _quiet_device_probe()
+        return tensorflow
+    with _filtered_stderr():
+        import tensorflow
+    _quiet_device_probe()
+    return tensorflow
+
+
+def _quiet_device_probe():
+    """Filter stderr during TensorFlow's first device listing (where cuInit is called), then step aside."""
+    if gpu_driver_present() or os.name != "posix":
+        return
+    from tensorflow.python.eager import context
+
+    original = context.Context._initialize_physical_devices
+    if getattr(original, "_workbench_quiet", False) or context.context()._physical_devices is not None:
+        return
+
+    def initialize(self, *args, **kwargs):
+        with _filtered_stderr():
+            result = original(self, *args, **kwargs)
+        context.Context._initialize_physical_devices = original
+        return result
+
+    initialize._workbench_quiet = True
+    context.Context._initialize_physical_devices = initialize
+
+
+def seed_everything(seed: int, deterministic: bool = True):
+    """Seed Python, NumPy, TensorFlow and Keras; with `deterministic`, TensorFlow op determinism too.
+
+    Op determinism is a process-wide TensorFlow setting: once on, it stays on
+    for the process (False does not turn it off).
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
