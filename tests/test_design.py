@@ -9,7 +9,9 @@ from workbench.design import (CONFIGS, PUBLISHED, VARIANTS, RegNetConfig, comple
 def test_every_paper_size_of_both_families_is_named():
     sizes = ["200mf", "400mf", "600mf", "800mf", "1.6gf", "3.2gf", "4gf", "6.4gf", "8gf",
              "12gf", "16gf", "32gf"]
-    assert set(VARIANTS) == {f"regnet{f}_{s}" for f in "xy" for s in sizes}
+    extra = {"regnetx_400mf_tv", "regnety_800mf_tv", "regnety_8gf_tv",     # timm's torchvision-shaped
+             "regnety_64gf", "regnety_128gf", "regnety_256gf"}             # the SEER sizes
+    assert set(VARIANTS) == {f"regnet{f}_{s}" for f in "xy" for s in sizes} | extra
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -52,6 +54,20 @@ def test_invalid_design_points_are_refused():
                                    "y600mf", "regnety_006", "RegNetY-600MF"])
 def test_aliases(alias):
     assert resolve_variant(alias) == "regnety_600mf"
+
+
+@pytest.mark.parametrize("alias,name", [
+    ("regnetx_004_tv", "regnetx_400mf_tv"), ("x400mf_tv", "regnetx_400mf_tv"), ("800MF_tv", "regnety_800mf_tv"),
+    ("regnety080_tv", "regnety_8gf_tv"), ("regnety_640", "regnety_64gf"), ("128GF", "regnety_128gf"),
+    ("RegNetY2560", "regnety_256gf")])
+def test_torchvision_shaped_and_seer_aliases(alias, name):
+    assert resolve_variant(alias) == name
+
+
+def test_torchvision_rounding_gives_torchvision_widths():
+    # torchvision's regnet_y_800mf: stage widths 64, 144, 320, 784 (pycls' RegNetY-800MF: 64, 128, 320, 768).
+    assert [s["width"] for s in CONFIGS["regnety_800mf_tv"].stages()] == [64, 144, 320, 784]
+    assert [s["width"] for s in CONFIGS["regnety_800mf"].stages()] == [64, 128, 320, 768]
 
 
 def test_x_aliases_and_gf_spellings():

@@ -14,7 +14,8 @@ def y200():
 
 
 @pytest.mark.parametrize("variant", ["regnety_200mf", "regnetx_200mf", "regnety_800mf",
-                                     "regnetx_1.6gf"])
+                                     "regnetx_1.6gf", "regnetx_400mf_tv", "regnety_800mf_tv",
+                                     "regnety_64gf"])
 def test_parameter_count_equals_computed_complexity(variant):
     model = wb.regnet(variant)
     cx = complexity(get_config(variant))

@@ -30,6 +30,7 @@ class RegNetConfig:
     bottleneck_ratio: float = 1.0
     quant: int = 8
     name: str = "regnet_custom"
+    rounding: str = "pycls"              # "torchvision": bottleneck widths rounded as torchvision does
 
     @property
     def block_type(self) -> str:
@@ -46,7 +47,7 @@ class RegNetConfig:
         for w, d in zip(widths, depths):
             w_b = int(round(w * self.bottleneck_ratio))
             g = min(self.group_width, w_b)
-            w_b = _quantize(w_b, g)
+            w_b = _make_divisible(w_b, g) if self.rounding == "torchvision" else _quantize(w_b, g)
             out.append(dict(width=int(round(w_b / self.bottleneck_ratio)), depth=d,
                             group_width=g, bottleneck_ratio=self.bottleneck_ratio))
         return out
@@ -55,6 +56,12 @@ class RegNetConfig:
 def _quantize(f: float, q: int) -> int:
     """The closest non-zero multiple of q."""
     return max(q, int(round(f / q) * q))
+
+
+def _make_divisible(v: int, d: int) -> int:
+    """torchvision's rounding: the nearest multiple of d (halves up), never more than 10% below v."""
+    new = max(d, int(v + d / 2) // d * d)
+    return new + d if new < 0.9 * v else new
 
 
 def generate_regnet(w0: int, wa: float, wm: float, depth: int, q: int = 8):
@@ -100,6 +107,14 @@ for _size in SIZES:
     CONFIGS[f"regnety_{_size}"] = RegNetConfig(*_Y[_size], se_ratio=0.25, name=f"regnety_{_size}")
 for _size in SIZES:
     CONFIGS[f"regnetx_{_size}"] = RegNetConfig(*_X[_size], name=f"regnetx_{_size}")
+# timm's torchvision-shaped variants (regnetx_004_tv, ...): the paper's parameters, torchvision's rounding.
+for _name in ("regnetx_400mf", "regnety_800mf", "regnety_8gf"):
+    CONFIGS[f"{_name}_tv"] = dataclasses.replace(CONFIGS[_name], rounding="torchvision", name=f"{_name}_tv")
+# The SEER sizes (Goyal et al. 2021), timm's regnety_640 / regnety_1280 / regnety_2560.
+_SEER = {"64gf": (352, 147.48, 2.4, 20, 328), "128gf": (456, 160.83, 2.52, 27, 264),
+         "256gf": (640, 230.83, 2.53, 27, 373)}
+for _size, _row in _SEER.items():
+    CONFIGS[f"regnety_{_size}"] = RegNetConfig(*_row, se_ratio=0.25, name=f"regnety_{_size}")
 VARIANTS = tuple(CONFIGS)
 
 # Published complexity (pycls MODEL_ZOO.md): GF (multiply-adds, 1e9) and M params.
@@ -112,6 +127,10 @@ PUBLISHED = {
     "regnety_800mf": (0.8, 6.3), "regnety_1.6gf": (1.6, 11.2), "regnety_3.2gf": (3.2, 19.4),
     "regnety_4gf": (4.0, 20.6), "regnety_6.4gf": (6.4, 30.6), "regnety_8gf": (8.0, 39.2),
     "regnety_12gf": (12.1, 51.8), "regnety_16gf": (15.9, 83.6), "regnety_32gf": (32.3, 145.0),
+    # torchvision's weights metadata (num_params, GFLOPS) for regnet_x_400mf, regnet_y_800mf,
+    # regnet_y_8gf, regnet_y_128gf; the SEER sizes' names and timm's published parameter counts.
+    "regnetx_400mf_tv": (0.414, 5.496), "regnety_800mf_tv": (0.834, 6.433), "regnety_8gf_tv": (8.473, 39.381),
+    "regnety_64gf": (64.0, 281.38), "regnety_128gf": (127.518, 644.81), "regnety_256gf": (256.0, 1282.60),
 }
 
 
@@ -130,15 +149,15 @@ def keras_applications_name(variant: str) -> str:
 def _aliases() -> dict[str, str]:
     table = {}
     for name in VARIANTS:
-        family, size = name.split("_")
+        family, size, *tv = name.split("_")      # regnety_800mf_tv: its spellings end in _tv
         letter, code = family[-1], size_code(size)
-        spellings = [name, f"{letter}{size}", f"{family}{code}", f"{family}_{code}"]
+        spellings = [f"{family}_{size}", f"{letter}{size}", f"{family}{code}", f"{family}_{code}"]
         if size.endswith("gf") and "." not in size:
             spellings += [f"{family}_{size[:-2]}.0gf", f"{letter}{size[:-2]}.0gf"]
         if letter == "y":
             spellings += [size] + ([f"{size[:-2]}.0gf"] if size.endswith("gf") and "." not in size else [])
         for s in spellings:
-            table[s] = name
+            table[s + "".join(f"_{t}" for t in tv)] = name
     return table
 
 
