@@ -88,6 +88,8 @@ def test_flowers_recipe_on_a_tfds_format_data_dir(tmp_path):
     (dict(variant="regnety_601mf"), "Unknown RegNet variant 'regnety_601mf'"),
     (dict(unfreeze="0:head,x:stage4"), "is not a schedule"),
     (dict(epochs=0), "epochs must be a positive integer"),
+    (dict(weights="tv2"), "weights='tv2' is not a tag of regnety_200mf"),
+    (dict(weights="photos/model.h5"), "weights='photos/model.h5': no such file"),
 ])
 def test_bad_parameters_stop_in_the_check_cell(tmp_path, params, sentence):
     with pytest.raises(pm.PapermillExecutionError) as err:
@@ -111,12 +113,12 @@ def test_flowers_without_network_stops_in_the_data_cell(tmp_path):
     assert "tf_flowers" in err.value.evalue and "data_dir" in err.value.evalue
 
 
-def test_missing_imagenet_weights_fall_back_plainly(tmp_path, monkeypatch, capsys):
+def test_missing_keras_weights_fall_back_plainly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(wio, "KERAS_BASE_URL", (tmp_path / "offline").as_uri() + "/")
     monkeypatch.setattr(wio, "CACHE_DIR", str(tmp_path))
-    model, pretrained = recipe.build_model("regnety_200mf", "imagenet", 3, 32)
+    model, pretrained = recipe.build_model("regnety_200mf", "keras", 3, 32)
     assert not pretrained and model.output_shape == (None, 3)
     said = capsys.readouterr().out
-    assert "ImageNet weights are NOT available" in said and "RANDOM INITIALIZATION" in said
+    assert "weights are NOT available" in said and "RANDOM INITIALIZATION" in said
     policy = unfreeze_policy("auto", 5, pretrained, lr_decay=2.6)
     assert policy.schedule == "0:all" and policy.lr_decay == 1.0

@@ -121,27 +121,27 @@ def test_missing_and_non_weights_files(tmp_path):
         wb.regnet("regnety_200mf", weights=tmp_path / "notes.pth")
 
 
-def test_imagenet_download_is_hash_checked_and_cached(y200_h5, tmp_path, monkeypatch):
-    """The real download path (keras.utils.get_file) against a local origin."""
+def test_keras_download_is_hash_checked_and_cached(y200_h5, tmp_path, monkeypatch):
+    """The real download path of weights="keras" (keras.utils.get_file) against a local origin."""
     import hashlib
     digest = hashlib.sha256(y200_h5.read_bytes()).hexdigest()
     monkeypatch.setattr(wio, "KERAS_BASE_URL", y200_h5.parent.as_uri() + "/")
     monkeypatch.setitem(wio.KERAS_HASHES, "y002", (digest, digest))
     monkeypatch.setattr(wio, "CACHE_DIR", str(tmp_path))
-    model = wb.regnet("regnety_200mf", weights="imagenet")
+    model = wb.regnet("regnety_200mf", weights="keras")
     assert (tmp_path / "models" / "regnety002.h5").exists()
     ref = wb.regnet("regnety_200mf", weights=y200_h5)
     np.testing.assert_array_equal(model.get_layer("head_fc").kernel.numpy(),
                                   ref.get_layer("head_fc").kernel.numpy())
     monkeypatch.setitem(wio.KERAS_HASHES, "y002", ("0" * 64, "0" * 64))
     (tmp_path / "models" / "regnety002.h5").unlink()
-    with pytest.raises(OSError, match="regnety002.h5"):
-        wb.regnet("regnety_200mf", weights="imagenet")
+    with pytest.raises(wb.WeightsUnavailableError, match="regnety002.h5"):
+        wb.regnet("regnety_200mf", weights="keras")
 
 
-def test_imagenet_offline_error_says_how_to_supply_the_file(tmp_path, monkeypatch):
+def test_keras_offline_error_says_how_to_supply_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(wio, "KERAS_BASE_URL", (tmp_path / "offline").as_uri() + "/")
     monkeypatch.setattr(wio, "CACHE_DIR", str(tmp_path))
-    with pytest.raises(OSError) as err:
-        wb.regnet("regnetx_600mf", weights="imagenet", num_classes=3)
+    with pytest.raises(wb.WeightsUnavailableError) as err:
+        wb.regnet("regnetx_600mf", weights="keras", num_classes=3)
     assert "regnetx006_notop.h5" in str(err.value) and "weights='/path/to/" in str(err.value)

@@ -1,12 +1,15 @@
 """Reference logits from timm (PyTorch) on random weights, in a process of its own.
 
     python tests/torch_reference.py OUT_DIR regnety_002 [regnetx_004 ...]
+    python tests/torch_reference.py --params regnety_640 [...]   # parameter counts, as JSON
+
 
 For each architecture, writes into OUT_DIR/<arch>/ the state dict twice (timm
 names as .safetensors; pycls names, with the BGR stem pycls trains with, as a
 .pyth checkpoint), the input images (raw 0-255 RGB, NHWC) and timm's logits. TensorFlow is never imported here: the two
 frameworks are kept in separate processes.
 """
+import json
 import pathlib
 import sys
 
@@ -51,6 +54,15 @@ def reference(arch, out):
     np.save(out / "logits.npy", logits)
 
 
+def parameter_counts(archs):
+    """timm's parameter count of each architecture, built on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        return {a: sum(p.numel() for p in timm.create_model(a).parameters()) for a in archs}
+
+
 if __name__ == "__main__":
-    for name in sys.argv[2:]:
-        reference(name, pathlib.Path(sys.argv[1]) / name)
+    if sys.argv[1] == "--params":
+        print(json.dumps(parameter_counts(sys.argv[2:])))
+    else:
+        for name in sys.argv[2:]:
+            reference(name, pathlib.Path(sys.argv[1]) / name)

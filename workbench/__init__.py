@@ -15,6 +15,7 @@ from workbench.lr_find import LRFindResult, lr_find, suggest_lr  # noqa: E402
 from workbench.model import regnet  # noqa: E402
 from workbench.optim import DiscriminativeOptimizer  # noqa: E402
 from workbench.plots_data import plot_class_distribution, show_batch  # noqa: E402
+from workbench.pretrained import WeightsUnavailableError, list_weights  # noqa: E402
 from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,  # noqa: E402
                                plot_lr_schedule, plot_top_losses, plot_training_curves,
                                predict_dataset, write_report)
@@ -25,7 +26,7 @@ from workbench.unfreeze import (GradualUnfreezing, UnfreezePolicy, default_sched
 
 __all__ = [
     "VARIANTS", "STAGES", "RegNetConfig", "complexity", "regnet", "resolve_variant", "stage_layers",
-    "feature_extractor", "outputs_logits",
+    "feature_extractor", "outputs_logits", "list_weights", "WeightsUnavailableError",
     "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_tfds",
     "sample_dataset", "show_batch", "plot_class_distribution",
     "GradualUnfreezing", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",

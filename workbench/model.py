@@ -157,11 +157,15 @@ def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=
            seed=0):
     """A RegNet `keras.Model` for a named variant or a `RegNetConfig`.
 
-    weights: None (random init), "imagenet" (keras.applications weights,
-    downloaded and cached), or a file: keras.applications `.h5`, timm / pycls
-    state dict (`.safetensors`, `.pth`, `.pyth`) or Keras 3 `.weights.h5`.
-    The file's head is kept when it fits (same number of classes), else a
-    fresh head is built: with num_classes != 1000 the ImageNet head is dropped.
+    weights: None (random init); a tag: "imagenet" (the most accurate
+    ImageNet-1k weights under a commercial-use license), "pycls" (the paper's),
+    "keras" (keras.applications), any tag of `wb.list_weights(variant)` ("tv2",
+    "ra3", "swag_ft_in1k", ...) or a Hub id ("timm/regnety_160.swag_ft_in1k"),
+    downloaded once into the Hugging Face cache; or a file: keras.applications
+    `.h5`, timm / pycls state dict (`.safetensors`, `.pth`, `.pyth`) or Keras 3
+    `.weights.h5`. The file's head is kept when it fits (same number of
+    classes), else a fresh head is built: with num_classes != 1000 the ImageNet
+    head is dropped.
     seed: the random initialization (of every layer, or of the fresh head and
     dropout), independent of the global random state.
     """

@@ -1,8 +1,10 @@
-"""Is the network there? A quick DNS probe, so offline runs fail fast instead of retrying."""
+"""Is the network there? Quick probes, so offline runs fail fast instead of retrying."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import socket
+from urllib.parse import urlsplit
 
 TFDS_HOSTS = ("download.tensorflow.org", "storage.googleapis.com")
 
@@ -24,3 +26,17 @@ def looks_offline(hosts=TFDS_HOSTS, timeout: float = 5.0) -> bool:
         return True
     finally:
         pool.shutdown(wait=False)
+
+
+def reachable(url: str, timeout: float = 5.0) -> bool:
+    """True when a TCP connection to `url`'s host opens within `timeout` seconds (or a proxy is set)."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                        "ALL_PROXY", "all_proxy")):
+        return True                         # the proxy decides; let the download say what happened
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -10,13 +10,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workbench import checks
-from workbench.design import resolve_variant
+from workbench import checks, pretrained
+from workbench.design import complexity, get_config, resolve_variant
 from workbench.export import export_all, parse_formats
 from workbench.hub import hub_classifier, hub_handle, is_hub_variant
 from workbench.model import regnet
+from workbench.pretrained import WeightsUnavailableError
 from workbench.reports import write_report
 from workbench.unfreeze import parse_schedule
+from workbench.weights import fetch_weights
+
+# Multiply-adds (GF) per training image a recipe accepts when it picks a larger image size by itself
+# (image_size="auto"): on a CPU, RegNetY-200MF at 224 px (0.2 GF) trains at ~28 img/s on 2 cores, so
+# 1 GF keeps an epoch of a thousand images within minutes; a GPU or TPU affords 384 px on the big models.
+TRAIN_BUDGET_GF = {"cpu": 1.0, "accelerator": 100.0}
 
 
 class RecipeError(ValueError):
@@ -29,7 +36,8 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
     try:
         if not is_hub_variant(variant):
             variant = resolve_variant(variant)
-        checks.image_size(image_size)
+        if image_size != "auto":
+            checks.image_size(image_size)
         checks.positive_int("batch_size", batch_size)
         checks.positive_int("epochs", epochs, " (the number of passes over the data)")
         checks.positive_number("lr", lr, " (the head's peak learning rate, e.g. 1e-3)")
@@ -55,33 +63,80 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
     if dataset is not None and not (isinstance(dataset, str) and dataset):
         raise RecipeError(f"dataset must be the name of a TFDS image-classification dataset, got {dataset!r}.")
     weights = None if weights in (None, "", "none", "None") else weights
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise RecipeError(f"weights={weights!r}: no such file; use 'imagenet', 'none' or the path of a "
-                          f"weights file.")
+    if weights is not None and not is_hub_variant(variant) and not Path(weights).is_file():
+        if not pretrained.is_name(weights):
+            raise RecipeError(f"weights={weights!r}: no such file; use a tag ('imagenet', 'pycls', 'keras', "
+                              f"...), a Hub id, 'none' or the path of a weights file.")
+        try:
+            pretrained.resolve(get_config(variant), weights)
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
     return dict(variant=variant, weights=weights, export=formats, output_dir=Path(output_dir))
 
 
+def _fetch_or_fallback(variant, weights):
+    """The local weights file, or None after saying plainly that the weights cannot be had."""
+    try:
+        return fetch_weights(weights, get_config(variant), include_top=False)
+    except WeightsUnavailableError as e:
+        print(f"Pretrained weights are NOT available: {e}\n"
+              f"=> Training {variant} FROM RANDOM INITIALIZATION instead. Expect lower accuracy "
+              f"than fine-tuning a pretrained model; the whole network trains from epoch 0.")
+        return None
+
+
+def native_image_size(variant, weights, default, budget_gf=None) -> tuple[int, str]:
+    """(size, why): the weights' native test (else train) size when larger than `default` and
+    within `budget_gf` multiply-adds per training image (TRAIN_BUDGET_GF for this machine), else `default`."""
+    if weights is None or Path(weights).is_file():
+        return default, "the recipe's default" + ("" if weights else ", no pretrained weights")
+    info = pretrained.resolve(get_config(variant), weights)
+    if budget_gf is None:
+        import tensorflow as tf
+        accelerated = tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU")
+        budget_gf = TRAIN_BUDGET_GF["accelerator" if accelerated else "cpu"]
+    native = f"{info.name} was trained at {info.train_size} px and tested at {info.test_size} px"
+    for size in (info.test_size, info.train_size):
+        if size > default and complexity(variant, size)["flops"] / 1e9 <= budget_gf:
+            return size, f"native size of {info.tag}: {native} (recipe default {default})"
+    if max(info.test_size, info.train_size) > default:
+        cost = complexity(variant, info.test_size)["flops"] / 1e9
+        return default, (f"the recipe's default: {native}, but {info.test_size} px costs {cost:.1f} GF "
+                         f"per training image, over this machine's budget of {budget_gf:g} GF; pass "
+                         f"image_size={info.test_size} to use it anyway")
+    return default, f"the recipe's default; {native}"
+
+
+def prepare_weights(variant, weights, image_size, default_size):
+    """(local weights file or None, image size) before the data is loaded: the weights are downloaded
+    once (falling back to random initialization, said plainly, when they cannot be had), and
+    image_size="auto" becomes their native size when this machine can afford it; says what it chose."""
+    if is_hub_variant(variant):
+        return None, default_size if image_size == "auto" else image_size
+    path = _fetch_or_fallback(variant, weights)
+    if path and not Path(weights).is_file():
+        print(f"Weights of {variant} ('*': what weights='imagenet' means):\n{pretrained.list_weights(variant)}")
+    if image_size != "auto":
+        return path, image_size
+    size, why = native_image_size(variant, weights if path else None, default_size)
+    print(f"image_size {size}: {why}.")
+    return path, size
+
+
 def build_model(variant, weights, num_classes, image_size, dropout=0.0, seed=0):
-    """(model, pretrained): the recipe's model; says plainly when ImageNet weights are unavailable."""
+    """(model, pretrained): the recipe's model; says plainly when the pretrained weights are unavailable."""
     shape = (image_size, image_size, 3)
     if is_hub_variant(variant):
         handle = hub_handle(variant)
         print(f"Backbone: TF Hub model {handle} (one stage: 'stage4'); head: {num_classes} classes.")
         return hub_classifier(handle, num_classes, input_shape=shape, dropout=dropout, seed=seed), True
-    try:
-        model = regnet(variant, num_classes=num_classes, weights=weights, input_shape=shape,
-                       dropout=dropout, seed=seed)
-    except OSError as e:
-        if weights != "imagenet":
-            raise
-        print(f"ImageNet weights are NOT available: {e}\n"
-              f"=> Training {variant} FROM RANDOM INITIALIZATION instead. Expect lower accuracy "
-              f"than fine-tuning a pretrained model; the whole network trains from epoch 0.")
-        return regnet(variant, num_classes=num_classes, input_shape=shape, dropout=dropout, seed=seed), False
-    source = "random initialization" if weights is None else f"weights {weights}"
+    path = _fetch_or_fallback(variant, weights)
+    model = regnet(variant, num_classes=num_classes, weights=path, input_shape=shape, dropout=dropout,
+                   seed=seed)
+    source = "random initialization" if path is None else f"weights {path}"
     print(f"Model: {variant} from {source}, {model.count_params():,} parameters, "
           f"{num_classes}-class head.")
-    return model, weights is not None
+    return model, path is not None
 
 
 def summary(metrics: dict, output_dir) -> str:

@@ -2,19 +2,23 @@
 
 Every format is read into one table, ``{our layer name: {variable: array}}``,
 then assigned with shape checks, so a file of another variant fails on the
-first mismatching tensor. Formats: keras.applications `.h5` (also what
-``weights="imagenet"`` downloads), timm / pycls state dicts (`.safetensors`,
-`.pth`, `.pyth`) and Keras 3 `.weights.h5`; detected from the file's content.
+first mismatching tensor. Formats: keras.applications `.h5` (what
+``weights="keras"`` downloads), timm / pycls state dicts (`.safetensors`, what
+the Hub tags download, `.pth`, `.pyth`) and Keras 3 `.weights.h5`; detected
+from the file's content. Tags and Hub ids are resolved by `workbench.pretrained`.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 
 import numpy as np
 
+from workbench import pretrained
 from workbench.contract import CLASSIFIER, stage_of
+from workbench.pretrained import WeightsUnavailableError
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/regnet/"
 CACHE_DIR = None  # None: Keras' own cache (~/.keras/models), shared with keras.applications
@@ -162,22 +166,53 @@ def _keras3_paths(model):
     return names
 
 
-def open_weights(weights, config, include_top=True, num_classes=1000):
-    """A WeightSource for `weights` (None, "imagenet" or a path), or None."""
+def fetch_weights(weights, config, include_top=True):
+    """Local path of `weights`: a file as it is; a tag or Hub id resolved and downloaded once; None."""
     if weights is None:
         return None
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        path = download_imagenet(config, include_top and num_classes == 1000)
-    else:
-        path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"weights file {path!r} does not exist. Pass weights=None, 'imagenet', or the path "
-                f"of a keras.applications .h5, a timm/pycls .safetensors/.pth/.pyth, or a Keras 3 "
-                f".weights.h5 file.")
+    path = os.fspath(weights)
+    if os.path.isfile(path):
+        return path
+    if not pretrained.is_name(path):
+        raise FileNotFoundError(
+            f"weights file {path!r} does not exist. Pass weights=None, a tag ('imagenet', 'pycls', "
+            f"'keras', wb.list_weights() lists them), a Hub id, or the path of a keras.applications "
+            f".h5, a timm/pycls .safetensors/.pth/.pyth, or a Keras 3 .weights.h5 file.")
+    info = pretrained.resolve(config, path)
+    if info.tag == "keras":
+        return download_imagenet(config, include_top)
+    path = pretrained.fetch(info)
+    check_safetensors(path, f"{info.file} of {info.hub_id} (cached as {os.path.realpath(path)})",
+                      "delete that file and load again, or pass a good copy as weights='/path/to/file'")
+    return path
+
+
+def open_weights(weights, config, include_top=True, num_classes=1000):
+    """A WeightSource for `weights` (None, a tag, a Hub id or a path), or None."""
+    path = fetch_weights(weights, config, include_top and num_classes == 1000)
+    if path is None:
+        return None
     source = _read(path)
     source.keep_head = include_top
     return source
+
+
+def check_safetensors(path, what=None, remedy="download it again"):
+    """ValueError in one sentence unless `path` is a complete safetensors file."""
+    what = what or repr(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = f.read(n) if 0 < n <= min(size - 8, 100_000_000) else b""
+    try:
+        tensors = json.loads(header)
+        end = max((t["data_offsets"][1] for k, t in tensors.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise ValueError(f"{what} is not a safetensors file (no valid safetensors header); the workbench "
+                         f"reads downloaded weights as safetensors only, never pickle: {remedy}.") from None
+    if size != 8 + n + end:
+        raise ValueError(f"{what} is truncated or corrupt: {size:,} bytes where its header describes "
+                         f"{8 + n + end:,}; {remedy}.")
 
 
 def _read(path):
@@ -189,6 +224,7 @@ def _read(path):
         return _read_torch(path)
     if len(head) >= 9 and head[8:9] == b"{":
         from safetensors.numpy import load_file
+        check_safetensors(path)
         return _from_state_dict(path, load_file(path), "safetensors")
     raise ValueError(
         f"{path!r} is not a weights file this workbench can read: expected an HDF5 file "
@@ -298,14 +334,14 @@ def _from_state_dict(path, state, kind):
 
 
 def download_imagenet(config, include_top=True):
-    """Path of the cached keras.applications ImageNet weights; downloads them once."""
+    """Path of the cached keras.applications ImageNet weights (weights="keras"); downloads them once."""
     from workbench.design import size_code
     family, _, size = config.name.partition("_")
     code = f"{family[-1]}{size_code(size)}" if family in ("regnetx", "regnety") and size else None
     if code not in KERAS_HASHES:
         raise ValueError(
-            f"No published ImageNet weights for {config.name!r}: they exist for the 24 named "
-            f"variants only. Pass weights=None or the path of a weights file.")
+            f"No keras.applications weights for {config.name!r}: they exist for the 24 sizes of the "
+            f"paper only. Pass weights=None, another tag (wb.list_weights()) or a weights file.")
     fname = f"regnet{code}{'' if include_top else '_notop'}.h5"
     url = KERAS_BASE_URL + fname
     import keras
@@ -313,8 +349,8 @@ def download_imagenet(config, include_top=True):
         return keras.utils.get_file(fname, url, file_hash=KERAS_HASHES[code][0 if include_top else 1],
                                     cache_subdir="models", cache_dir=CACHE_DIR)
     except Exception as e:
-        raise OSError(
-            f"Could not download the ImageNet weights {fname} for {config.name} from {url} "
+        raise WeightsUnavailableError(
+            f"Could not download the keras.applications weights {fname} for {config.name} from {url} "
             f"({type(e).__name__}: {e}). With no network: download that file on a machine that "
             f"has one, then pass weights='/path/to/{fname}', or copy it to "
-            f"~/.keras/models/{fname} and use weights='imagenet'.") from e
+            f"~/.keras/models/{fname} and use weights='keras'.") from e
