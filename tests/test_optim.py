@@ -115,3 +115,29 @@ def test_builds_for_frozen_layers_and_saves_with_state(model, grads, tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy())
     for v, w in zip(model.trainable_variables, start):
         v.assign(w)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.optimizers.Adam(1e-2),
+    lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.3),
+    lambda: keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True, weight_decay=0.1),
+    lambda: keras.optimizers.SGD(1e-2),
+    lambda: keras.optimizers.RMSprop(1e-2),   # no fused kernel: Keras' own update_step
+], ids=["adam", "adamw", "sgd_nesterov", "sgd", "rmsprop"])
+def test_fused_steps_equal_keras_steps(model, grads, make):
+    """With every multiplier 1, the wrapped optimizer's (fused) steps are the plain Keras optimizer's."""
+    g, start = grads
+    variables = model.trainable_variables
+    after = []
+    for opt in (make(), DiscriminativeOptimizer(make(), model, decay=1.0)):
+        for v, w in zip(variables, start):
+            v.assign(w)
+        step = tf.function(lambda: opt.apply(g, variables))
+        for _ in range(3):
+            step()
+        after.append([v.numpy().copy() for v in variables])
+    for v, w in zip(variables, start):
+        v.assign(w)
+    for ours, theirs in zip(*after[::-1]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)  # updates are ~1e-2
+    assert not all(np.array_equal(a, w) for a, w in zip(after[1], start))

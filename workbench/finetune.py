@@ -96,8 +96,9 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
     run.place(model, strategy)
     run.compile(optimizer, multipliers, weight_decay, jit_compile)
     run.resume(output_dir, resume)
-    run.head_epochs(cache_features)
-    run.staged_epochs()
+    with runtime.training_graph_optimization():
+        run.head_epochs(cache_features)
+        run.staged_epochs()
     return run.result(output_dir)
 
 

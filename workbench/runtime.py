@@ -92,6 +92,38 @@ def _quiet_device_probe():
     context.Context._initialize_physical_devices = initialize
 
 
+def accelerator_present() -> bool:
+    """True when TensorFlow sees a GPU or TPU."""
+    import tensorflow as tf
+
+    return any(d.device_type in ("GPU", "TPU") for d in tf.config.list_logical_devices())
+
+
+@contextlib.contextmanager
+def training_graph_optimization():
+    """Where only a CPU trains, skip Grappler's graph optimisation for the functions made inside.
+
+    Measured on RegNetY-200MF, 224 px, batch 32, 2 cores: Grappler spends
+    ~1.3 s optimising a training step (each unfreeze makes a new one) and the
+    step runs no faster for it (1.10 s either way), while inference does gain
+    from it (conv + BatchNorm folding), so it is off only while training runs.
+    The setting is global to TensorFlow and restored on exit (a function made
+    inside and called again outside is optimised then, once). On a GPU or TPU
+    (layout and fusion passes matter there) nothing changes.
+    """
+    import tensorflow as tf
+
+    if accelerator_present():
+        yield
+        return
+    previous = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": previous})
+
+
 def seed_everything(seed: int, deterministic: bool = True):
     """Seed Python, NumPy, TensorFlow and Keras; with `deterministic`, TensorFlow op determinism too.
 
