@@ -6,6 +6,7 @@ import_tensorflow_quietly()
 from workbench.catalog import load_tfds  # noqa: E402
 from workbench.contract import STAGES, feature_extractor, outputs_logits, stage_layers  # noqa: E402
 from workbench.data import DatasetUnavailableError, ImageData, cache_root  # noqa: E402
+from workbench.distribute import make_strategy  # noqa: E402
 from workbench.design import VARIANTS, RegNetConfig, complexity, resolve_variant  # noqa: E402
 from workbench.export import export, export_all  # noqa: E402
 from workbench.finetune import FinetuneResult, finetune  # noqa: E402
@@ -30,7 +31,7 @@ __all__ = [
     "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_tfds",
     "sample_dataset", "show_batch", "plot_class_distribution",
     "GradualUnfreezing", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",
-    "DiscriminativeOptimizer", "finetune", "FinetuneResult", "seed_everything",
+    "DiscriminativeOptimizer", "finetune", "FinetuneResult", "seed_everything", "make_strategy",
     "WarmupCosine", "OneCycle", "lr_find", "LRFindResult", "suggest_lr",
     "export", "export_all", "HubBackbone", "HubModelUnavailableError", "hub_backbone",
     "hub_classifier",

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,8 +73,9 @@ def restore(model, path: Path, optimizer: bool = True):
 class RunState:
     """Epoch, history, unfreeze events and best epoch of a run; on disk when it has an output_dir."""
 
-    def __init__(self, output_dir, settings: dict, monitor: str):
+    def __init__(self, output_dir, settings: dict, monitor: str, writer: bool = True):
         self.dir = Path(output_dir) / "checkpoints" if output_dir is not None else None
+        self.writer = writer  # False on the workers of a cluster other than the chief: they write nothing here
         self.settings = settings
         self.state = {"version": STATE_VERSION, "settings": settings, "epoch": -1, "history": {},
                       "events": [], "best_epoch": None, "best_value": None, "monitor": monitor}
@@ -101,9 +103,10 @@ class RunState:
             resumed_at = self.next_epoch
             say(f"Resuming from {self.dir / 'last.keras'}: epochs 1-{resumed_at} done, continuing at epoch "
                 f"{resumed_at + 1}/{self.settings['epochs']} (optimizer step {int(model.optimizer.iterations.numpy())}).")
-        elif state_file.exists():
+        elif state_file.exists() and self.writer:
             shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            self.dir.mkdir(parents=True, exist_ok=True)
         return resumed_at
 
     def record(self, epoch: int, logs: dict) -> bool:
@@ -129,6 +132,12 @@ class RunState:
 
     def save(self, model, improved: bool):
         if self.dir is None:
+            return
+        if not self.writer:
+            # Saving reads the model's variables, which under several workers takes every worker:
+            # the others save too, to a scratch folder (as tf.distribute's multi-worker guide does).
+            with tempfile.TemporaryDirectory() as scratch:
+                save_model(model, Path(scratch) / "last.keras")
             return
         last = self.dir / "last.keras"
         save_model(model, last)

@@ -3,8 +3,8 @@
 `wb.load_folder` (folders.py) and `wb.load_tfds` (catalog.py) read their
 sources into (encoded image bytes, label) datasets; everything after that is
 here and shared. Randomness (shuffling, augmentation) depends on the loader's
-`seed` alone, not on TensorFlow's global random state, and `ImageData.training(seed)`
-gives a fresh training pipeline whose order and augmentation depend only on that seed.
+`seed` alone, not on TensorFlow's global random state, and `ImageData.training(seed, epoch)`
+gives training epochs whose order and augmentation depend only on (seed, epoch).
 """
 
 from __future__ import annotations
@@ -52,16 +52,21 @@ class ImageData:
     batch_size: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     train_plain: tf.data.Dataset | None = None   # training images, centre-cropped, in order
-    make_train: Callable[[int], tf.data.Dataset] | None = field(default=None, repr=False)
+    make_train: Callable[..., tf.data.Dataset] | None = field(default=None, repr=False)
 
-    def training(self, seed: int) -> tf.data.Dataset:
-        """A fresh training pipeline whose shuffling and augmentation depend only on `seed`.
+    def training(self, seed: int, first_epoch: int = 0) -> tf.data.Dataset:
+        """Training batches of epochs `first_epoch`, `first_epoch + 1`, ... (endless), from `seed` alone.
 
-        `train` is the pipeline made with the loader's seed; iterating it (for
-        example to look at a batch) moves its random state on. `finetune` trains
-        on `training(seed)` so that a run does not depend on what was iterated before.
+        `train` is the pipeline made with the loader's seed, one epoch per
+        iteration; iterating it (for example to look at a batch) moves its
+        random state on. `finetune` trains on `training(seed, first_epoch)`
+        (with `steps_per_epoch`), so a run does not depend on what was iterated
+        before, and a resumed run sees the epochs an uninterrupted one would.
+        Without a loader's pipeline factory this is `train`, repeated.
         """
-        return self.make_train(seed) if self.make_train is not None else self.train
+        if self.make_train is None:
+            return self.train.repeat()
+        return self.make_train(seed, first_epoch)
 
     @property
     def num_classes(self) -> int:
@@ -179,28 +184,58 @@ def _disk_cache_file() -> str:
 
 
 @contextlib.contextmanager
-def seeded_ops(seed: int):
-    """Random ops and datasets made inside take their seeds from `seed` alone.
+def own_seeds_only():
+    """Random ops and datasets made inside take their seeds from their own arguments alone.
 
     TensorFlow derives an op's seed from the global seed too, so the same
-    `shuffle(seed=...)` gives another order once anything (e.g. an earlier
-    `finetune`) has set the global seed; this fixes it for the block.
+    `shuffle(seed=...)` gives another order once anything (an earlier
+    `finetune`, `keras.utils.set_random_seed`) has set the global seed; the
+    global seed is unset for the block.
     """
     from tensorflow.python.eager import context
 
     previous = context.global_seed()
-    tf.random.set_seed(seed)
+    tf.random.set_seed(None)
     try:
         yield
     finally:
         tf.random.set_seed(previous)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per training epoch: the last partial batch is dropped, unless it is the only one."""
+    return n // batch_size if n > batch_size else 1
+
+
+def seeded_epochs(one_epoch, seed: int, first_epoch: int | None, steps: int) -> tf.data.Dataset:
+    """Training epochs whose order and randomness depend only on (seed, epoch).
+
+    `one_epoch(epoch_seed)` makes one epoch's batches from an int64 seed
+    tensor. With `first_epoch`, the endless sequence of epochs from it (train
+    with `steps_per_epoch=steps`): a run resumed at epoch k sees exactly the
+    epochs an uninterrupted one would. Without it, one epoch per iteration,
+    each iteration another (seeded) epoch, as `ImageData.train`.
+    """
+    def epoch(e):
+        return one_epoch(tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(e, tf.int64))
+
+    with own_seeds_only():
+        if first_epoch is None:
+            ds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(epoch)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
+        else:
+            ds = tf.data.Dataset.range(first_epoch, 1 << 62).flat_map(epoch)
+        return ds.prefetch(_AUTOTUNE)
+
+
 def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment, cache):
     """(make_train, val, train_plain) from datasets of (encoded bytes, label).
 
     `make_train(seed)` builds a shuffled (and, with `augment`, augmented)
-    batched training pipeline over the decoded, cached images.
+    batched training pipeline over the decoded, cached images, one epoch per
+    iteration; `make_train(seed, first_epoch)` the endless sequence of epochs
+    from `first_epoch` on, each a function of (seed, epoch) alone, so a resumed
+    run sees the epochs an uninterrupted one would.
     """
     side = decode_side(image_size)
     mode = _cache_mode(cache, n_train, side)
@@ -215,19 +250,19 @@ def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment
         return ds
 
     train_decoded = decoded(train_src, crop=not augment)
-    buffer = n_train if mode != "disk" else min(n_train, 2048)
+    buffer = max(n_train if mode != "disk" else min(n_train, 2048), 1)
 
-    def make_train(seed):
-        with seeded_ops(seed):
-            train = train_decoded.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
-            if augment:
-                randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-                train = tf.data.Dataset.zip(train, randoms).map(
-                    lambda xy, r: (_augment(xy[0], image_size, tf.stack([r, tf.cast(seed, tf.int64)])), xy[1]),
-                    num_parallel_calls=_AUTOTUNE)
-            else:
-                train = train.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=_AUTOTUNE)
-            return train.batch(batch_size, drop_remainder=n_train > batch_size).prefetch(_AUTOTUNE)
+    def one_epoch(epoch_seed):
+        ds = train_decoded.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        if augment:
+            ds = ds.enumerate().map(lambda i, xy: (_augment(xy[0], image_size, tf.stack([epoch_seed, i])), xy[1]),
+                                    num_parallel_calls=_AUTOTUNE)
+        else:
+            ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=_AUTOTUNE)
+        return ds.batch(batch_size, drop_remainder=n_train > batch_size)
+
+    def make_train(seed, first_epoch=None):
+        return seeded_epochs(one_epoch, seed, first_epoch, steps_per_epoch(n_train, batch_size))
 
     def plain(src):
         ds = decoded(src, crop=True).batch(batch_size)

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from workbench.contract import feature_extractor, head_model
-from workbench.data import seeded_ops
+from workbench.data import seeded_epochs, steps_per_epoch
 
 
 @dataclass
@@ -40,11 +40,12 @@ def extract(model: keras.Model, ds: tf.data.Dataset):
     return np.concatenate(outputs), np.concatenate(labels), time.perf_counter() - t0
 
 
-def cache_features(model: keras.Model, data, seed: int, encode) -> CachedFeatures | None:
+def cache_features(model: keras.Model, data, seed: int, encode, first_epoch: int = 0) -> CachedFeatures | None:
     """Backbone features of data's train and val images, or None when the model's head is not a plain chain.
 
     Training images come from `data.train_plain` (centre crops, no
     augmentation) when the loader provides it, else from one pass of `data.train`.
+    `train` is the endless sequence of epochs from `first_epoch` (see `data.seeded_epochs`).
     """
     head = head_model(model)
     if head is None:
@@ -54,9 +55,11 @@ def cache_features(model: keras.Model, data, seed: int, encode) -> CachedFeature
     xt, yt, t_train = extract(backbone, plain if plain is not None else data.train)
     xv, yv, t_val = extract(backbone, data.val)
     n, batch = len(xt), data.batch_size
-    with seeded_ops(seed):
-        train = (tf.data.Dataset.from_tensor_slices((xt, yt))
-                 .shuffle(n, seed=seed, reshuffle_each_iteration=True)
-                 .batch(batch, drop_remainder=n > batch).map(encode))
+    features = tf.data.Dataset.from_tensor_slices((xt, yt))
+
+    def one_epoch(epoch_seed):
+        return features.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=False).batch(batch, drop_remainder=n > batch)
+
+    train = seeded_epochs(one_epoch, seed, first_epoch, steps_per_epoch(n, batch)).map(encode)
     val = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(batch).map(encode)
     return CachedFeatures(head, train, val, t_train + t_val, plain is not None)

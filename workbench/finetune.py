@@ -25,8 +25,12 @@ import tensorflow as tf
 from workbench import checks, runtime
 from workbench.checkpoints import Recorder, RunState, restore
 from workbench.contract import STAGES, outputs_logits, stage_layers, trainable_candidates
+from workbench.data import steps_per_epoch
+from workbench.distribute import describe, fitting, is_chief, make_strategy
 from workbench.feature_cache import cache_features
+from workbench.layers import set_grouped_conv_implementation
 from workbench.optim import DiscriminativeOptimizer
+from workbench.precision import resolve_precision, training_precision
 from workbench.schedules import WarmupCosine
 from workbench.unfreeze import GradualUnfreezing, check_schedule, format_schedule, stages_at, unfreeze_policy
 
@@ -48,6 +52,8 @@ class FinetuneResult:
     output_dir: Path | None = None
     log: list[str] = field(default_factory=list)
     epoch_seconds: dict[int, float] = field(default_factory=dict)  # wall time of each epoch run here
+    precision: str = "float32"
+    strategy: str = ""
 
     @property
     def val_accuracy(self):
@@ -65,15 +71,22 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
              multipliers=None, optimizer="adamw", weight_decay: float = 0.05, label_smoothing: float = 0.1,
              class_weight=None, warmup: float = 0.05, output_dir=None, resume: bool = True, seed: int = 0,
              cache_features: bool = True, strategy=None, restore_best: bool = True, monitor="val_accuracy",
-             callbacks=None, verbose="auto", deterministic: bool = True, jit_compile="auto") -> FinetuneResult:
+             callbacks=None, verbose="auto", deterministic: bool = True, jit_compile="auto",
+             precision="auto") -> FinetuneResult:
     """Fine-tune `model` on `data` (an `ImageData`): head first, then stages from the top, lower rates below.
 
     model: a `keras.Model` from `wb.regnet`, or a zero-argument callable that
-        builds one. With a `strategy` (tf.distribute: MirroredStrategy for
-        several GPUs, TPUStrategy) the model must own variables created under
+        builds one. With a `strategy` the model must own variables created under
         `strategy.scope()`: a callable is called inside the scope, and a model
         built outside it is cloned inside (weights copied); `result.model` is
         then the clone.
+    strategy: None (the current tf.distribute strategy), a Strategy, or a name
+        of `wb.make_strategy` ("auto", "mirrored", "multiworker", "tpu"); with
+        several workers only the chief writes checkpoints.
+    precision: "auto", "float32", "mixed_bfloat16" or "mixed_float16"
+        (`workbench.precision`); the returned model is float32 either way.
+    jit_compile: as Keras' `compile`; True (XLA, e.g. as a proxy for a TPU) runs
+        grouped convolutions on their native op.
     unfreeze: schedule (dict or "0:head,2:stage4,4:stage3+stage2"); None or
         "auto": `default_schedule(epochs)` (see `unfreeze_policy`).
     lr: peak learning rate of the head (warmup over `warmup` of the steps,
@@ -92,11 +105,11 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
         (`workbench.runtime.seed_everything`).
     """
     run = _Run(data, epochs, unfreeze, lr, lr_decay, label_smoothing, class_weight, warmup, seed,
-               restore_best, monitor, callbacks, verbose, deterministic)
+               restore_best, monitor, callbacks, verbose, deterministic, precision)
     run.place(model, strategy)
     run.compile(optimizer, multipliers, weight_decay, jit_compile)
     run.resume(output_dir, resume)
-    with runtime.training_graph_optimization():
+    with runtime.training_graph_optimization(), training_precision(run.model, run.precision):
         run.head_epochs(cache_features)
         run.staged_epochs()
     return run.result(output_dir)
@@ -132,7 +145,7 @@ class _Run:
     """One fine-tuning run; `finetune` calls its steps in order."""
 
     def __init__(self, data, epochs, unfreeze, lr, lr_decay, label_smoothing, class_weight, warmup, seed,
-                 restore_best, monitor, callbacks, verbose, deterministic):
+                 restore_best, monitor, callbacks, verbose, deterministic, precision):
         """Step 1: check every argument before any work, and seed the run."""
         self.epochs = checks.positive_int("epochs", epochs)
         self.lr = checks.positive_number("lr", lr, " (a learning rate, e.g. 1e-3)")
@@ -140,6 +153,7 @@ class _Run:
         self.label_smoothing = checks.fraction("label_smoothing", label_smoothing)
         self.warmup = checks.fraction("warmup", warmup, " (a fraction of all steps)")
         self.seed = checks.integer("seed", seed)
+        self.precision = resolve_precision(precision)
         if class_weight == "balanced":
             class_weight = dict(data.class_weights)
         elif class_weight is not None and not isinstance(class_weight, dict):
@@ -160,7 +174,7 @@ class _Run:
 
     def place(self, model, strategy):
         """Step 2: the model under the tf.distribute strategy (built in its scope, or cloned into it)."""
-        self.strategy = strategy or tf.distribute.get_strategy()
+        self.strategy = make_strategy(strategy) if strategy is not None else tf.distribute.get_strategy()
         with self.strategy.scope():
             if not isinstance(model, keras.Model):
                 if not callable(model):
@@ -182,25 +196,34 @@ class _Run:
     def compile(self, optimizer, multipliers, weight_decay, jit_compile):
         """Step 3: AdamW (or the given optimizer) under warmup + cosine, wrapped for discriminative rates."""
         n = int(self.data.train.cardinality())
-        self.steps = n if n > 0 else max(1, self.data.num_train // self.data.batch_size)
+        self.steps = n if n > 0 else steps_per_epoch(self.data.num_train, self.data.batch_size)
         total = self.steps * self.epochs
         schedule = WarmupCosine(self.lr, total_steps=max(total, 1), warmup_steps=int(self.warmup * total),
                                 final_lr_frac=0.01)
         with self.strategy.scope():
             inner = make_optimizer(optimizer, schedule, weight_decay)
             self.optimizer = DiscriminativeOptimizer(inner, self.model, decay=self.lr_decay, multipliers=multipliers)
+            if self.precision == "mixed_float16":
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing,
                                                         from_logits=outputs_logits(self.model))
             self.compile_kw = dict(loss=loss, metrics=["accuracy"], jit_compile=jit_compile)
             self.model.compile(optimizer=self.optimizer, **self.compile_kw)
             self.optimizer.build(trainable_candidates(self.model))
+        if self.model.jit_compile:
+            set_grouped_conv_implementation(self.model, "native")  # XLA compiles the native grouped op
+        elif jit_compile is True:
+            self.say("jit_compile=True was refused by Keras: TensorFlow's op determinism is on "
+                     "(pass deterministic=False in a fresh process to train under XLA).")
+        self.say(f"Training on {describe(self.strategy)} in {self.precision}"
+                 f"{', XLA' if self.model.jit_compile else ''}.")
         self.settings = {"epochs": self.epochs, "unfreeze": format_schedule(self.schedule), "lr": self.lr,
                          "lr_decay": self.lr_decay, "optimizer": str(optimizer) if isinstance(optimizer, str)
                          else type(optimizer).__name__, "seed": self.seed, "steps_per_epoch": self.steps}
 
     def resume(self, output_dir, resume):
         """Step 4: continue the run saved in output_dir, or start one there."""
-        self.state = RunState(output_dir, self.settings, self.monitor)
+        self.state = RunState(output_dir, self.settings, self.monitor, writer=is_chief(self.strategy))
         self.resumed_at = self.state.resume(self.model, resume, self.say)
         self.recorder = Recorder(self.model, self.state, keep_best_in_memory=self.restore_best)
 
@@ -212,10 +235,12 @@ class _Run:
         start, end = self.state.next_epoch, 0
         while end < self.epochs and set(stages_at(self.schedule, end)) <= {"head"}:
             end += 1
-        cached = cache_features(self.model, self.data, self.seed, self.encode) if cache and start < end else None
+        cached = (cache_features(self.model, self.data, self.seed, self.encode, first_epoch=start)
+                  if cache and start < end else None)
         if cached is None:
             return
-        cached.head.compile(optimizer=self.optimizer, **self.compile_kw)
+        with self.strategy.scope():  # its metrics too are the strategy's (synchronised across workers)
+            cached.head.compile(optimizer=self.optimizer, **self.compile_kw)
         note = ("augmentation off" if cached.augmentation_off else
                 "one un-shuffled pass of data.train, so any augmentation is fixed to that single view")
         self.say(f"Epochs {start + 1}-{end}: backbone frozen, training the head on cached backbone features "
@@ -227,8 +252,9 @@ class _Run:
             frozen = ", ".join(s for s in STAGES if s != "head" and stage_layers(self.model, s))
             self.say(f"Epoch 1/{self.epochs}: unfroze head (lr x1); frozen: {frozen}")
         self.recorder.unfreezer = log
-        cached.head.fit(cached.train, validation_data=cached.val, epochs=end, initial_epoch=start,
-                        callbacks=[self.recorder] + self.callbacks, **self.fit_kw)
+        with fitting(cached.head, self.strategy):
+            cached.head.fit(cached.train, validation_data=cached.val, epochs=end, initial_epoch=start,
+                            steps_per_epoch=self.steps, callbacks=[self.recorder] + self.callbacks, **self.fit_kw)
         self.recorder.stop_if_nan(self.lr)
         seconds = [self.recorder.epoch_seconds[e] for e in range(start, end) if e in self.recorder.epoch_seconds]
         if seconds:
@@ -245,10 +271,11 @@ class _Run:
         if self.recorder.unfreezer is not None:
             unfreezer.events = list(self.recorder.unfreezer.events)
         self.recorder.unfreezer = unfreezer
-        train = self.data.training(self.seed) if hasattr(self.data, "training") else self.data.train
-        self.model.fit(train.map(self.encode), validation_data=self.data.val.map(self.encode),
-                       epochs=self.epochs, initial_epoch=start,
-                       callbacks=[unfreezer, self.recorder] + self.callbacks, **self.fit_kw)
+        train = self.data.training(self.seed, start) if hasattr(self.data, "training") else self.data.train.repeat()
+        with fitting(self.model, self.strategy):
+            self.model.fit(train.map(self.encode), validation_data=self.data.val.map(self.encode),
+                           epochs=self.epochs, initial_epoch=start, steps_per_epoch=self.steps,
+                           callbacks=[unfreezer, self.recorder] + self.callbacks, **self.fit_kw)
         self.recorder.stop_if_nan(self.lr)
         self.log += unfreezer.log
 
@@ -266,4 +293,5 @@ class _Run:
                               best_val_accuracy=state["best_value"], model=self.model,
                               feature_cache_speedup=self.speedup, resumed_at=self.resumed_at,
                               output_dir=Path(output_dir) if output_dir is not None else None, log=self.log,
-                              epoch_seconds=dict(recorder.epoch_seconds))
+                              epoch_seconds=dict(recorder.epoch_seconds), precision=self.precision,
+                              strategy=describe(self.strategy))

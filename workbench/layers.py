@@ -239,6 +239,13 @@ class GroupConv2D(keras.layers.Layer):
         return config
 
 
+def set_grouped_conv_implementation(model, implementation: str):
+    """Set every GroupConv2D of `model` to "auto", "native" (e.g. under XLA) or "chunked"."""
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, GroupConv2D):
+            layer.implementation = implementation
+
+
 @keras.saving.register_keras_serializable(package="workbench")
 class BatchNorm(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` computed by TF's fused kernel on 4-D inputs.

@@ -8,13 +8,16 @@ so a recipe and the Python API accept and refuse the same values.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from workbench import checks, pretrained
 from workbench.design import complexity, get_config, resolve_variant
+from workbench.distribute import STRATEGIES, is_chief
 from workbench.export import export_all, parse_formats
 from workbench.hub import hub_classifier, hub_handle, is_hub_variant
 from workbench.model import regnet
+from workbench.precision import PRECISIONS
 from workbench.pretrained import WeightsUnavailableError
 from workbench.reports import write_report
 from workbench.unfreeze import parse_schedule
@@ -31,9 +34,12 @@ class RecipeError(ValueError):
 
 
 def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, lr, lr_decay,
-                 seed, max_train_images, output_dir, export, data_dir=None, dataset=None) -> dict:
+                 seed, max_train_images, output_dir, export, data_dir=None, dataset=None,
+                 precision="auto", strategy="auto") -> dict:
     """Validate every recipe parameter before any work; raise RecipeError with one sentence."""
     try:
+        checks.one_of("precision", precision, PRECISIONS)
+        checks.one_of("strategy", strategy, STRATEGIES)
         if not is_hub_variant(variant):
             variant = resolve_variant(variant)
         if image_size != "auto":
@@ -154,12 +160,17 @@ def summary(metrics: dict, output_dir) -> str:
 
 
 def save_outputs(result, data, output_dir, variant, export, extra=None) -> dict:
-    """model.keras, metrics.json and the report pictures, plus the requested exports."""
-    out = Path(output_dir)
+    """model.keras, metrics.json and the report pictures, plus the requested exports.
+
+    `metrics["output_dir"]` says where they went: `output_dir`, or on a worker
+    of a multi-worker cluster other than the chief a scratch folder (every
+    worker evaluates, since that takes them all; only the chief writes).
+    """
+    out = Path(output_dir) if is_chief() else Path(tempfile.mkdtemp(prefix="worker-outputs-"))
     out.mkdir(parents=True, exist_ok=True)
     metrics = write_report(result.model, data, result, out, variant, extra=extra)
     result.model.save(out / "model.keras")
     if export:
         metrics["exports"] = export_all(result.model, out, export, data.class_names)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return metrics
+    return {**metrics, "output_dir": str(out)}

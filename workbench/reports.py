@@ -337,9 +337,9 @@ def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
         "events": events,
         "history": history,
     }
-    speedup = getattr(result, "feature_cache_speedup", None)
-    if speedup is not None:
-        metrics["feature_cache_speedup"] = speedup
+    for key in ("feature_cache_speedup", "precision", "strategy"):  # what the run used, when known
+        if getattr(result, key, None) is not None:
+            metrics[key] = getattr(result, key)
     metrics.update(extra or {})
     metrics = _json_safe(metrics)
 

@@ -1,56 +1,146 @@
-"""Training and inference speed: ours against tf_keras.applications, in one run.
+"""Training and inference speed: the workbench against timm, kimm and tf_keras.applications, in one run.
 
-    python -m workbench.bench.speed --variant regnety_200mf [--batch 32 --size 224]
+    python -m workbench.bench.speed --variants regnety_200mf,regnety_600mf [--batch 32 --size 224]
 
-Both models are compiled the same way (SGD with momentum, sparse
-cross-entropy, each framework's default jit setting) and timed on the same
-in-memory batch after warm-up; figures are medians over the timed steps.
+Every contender runs in its own process (TensorFlow and PyTorch do not share
+one well), on the same random batch, after warm-up; figures are medians over
+the timed steps. Training is one SGD-with-momentum step on cross-entropy;
+inference is a forward pass in inference mode. The workbench runs in float32
+and in mixed bfloat16, timm in float32 and under `torch.autocast("cpu",
+torch.bfloat16)`; contenders that are not installed (timm, kimm) are skipped
+with a note. Ratios compare each row with timm's best precision on this machine.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
+
+CONTENDERS = ("workbench", "workbench_bf16", "timm", "timm_bf16", "kimm", "tf_keras")
+
+
+def _batch(batch, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"),
+            rng.integers(0, 1000, batch))
+
+
+def _keras(contender, variant, batch, size, steps):
+    import keras
+
+    from workbench.design import keras_applications_name
+    from workbench.timing import throughput
+
+    x, y = _batch(batch, size)
+    shape = (size, size, 3)
+    if contender.startswith("workbench"):
+        import workbench as wb
+        from workbench.precision import set_precision
+        from workbench.runtime import training_graph_optimization
+
+        model = wb.regnet(variant, input_shape=shape)
+        if contender == "workbench_bf16":
+            set_precision(model, "mixed_bfloat16")
+        with training_graph_optimization():  # as finetune trains
+            train, _ = throughput(model, x, y, steps, 1, keras.optimizers.SGD(0.01, momentum=0.9))
+        _, infer = throughput(model, x, y, 1, 2 * steps, keras.optimizers.SGD(0.01, momentum=0.9))
+        return train, infer
+    if contender == "kimm":
+        import kimm
+
+        model = getattr(kimm.models, keras_applications_name(variant))(weights=None, input_shape=shape)
+        return throughput(model, x, y, steps, 2 * steps, keras.optimizers.SGD(0.01, momentum=0.9))
+    import tf_keras
+
+    model = getattr(tf_keras.applications, keras_applications_name(variant))(weights=None, input_shape=shape)
+    return throughput(model, x, y, max(1, steps // 4), 2 * steps, tf_keras.optimizers.SGD(0.01, momentum=0.9))
+
+
+def _timm(contender, variant, batch, size, steps):
+    import contextlib
+
+    import timm
+    import torch
+
+    from workbench.pretrained import timm_name
+    from workbench.timing import median_seconds
+
+    torch.set_num_threads(os.cpu_count())
+    x, y = _batch(batch, size)
+    x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(y)
+    model = timm.create_model(timm_name(variant), pretrained=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if contender == "timm_bf16" \
+        else contextlib.nullcontext
+
+    def train_step():
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def infer_step():
+        with torch.inference_mode(), autocast():
+            model(x)
+
+    model.train()
+    train = median_seconds(train_step, 1, steps)
+    model.eval()
+    infer = median_seconds(infer_step, 1, 2 * steps)
+    return batch / train, batch / infer
+
+
+def run_one(contender, variant, batch, size, steps):
+    """(train img/s, inference img/s) of one contender, in this process."""
+    runner = _timm if contender.startswith("timm") else _keras
+    return runner(contender, variant, batch, size, steps)
+
+
+def _in_process(contender, variant, batch, size, steps):
+    args = [sys.executable, "-m", "workbench.bench.speed", "--one", contender, "--variants", variant,
+            "--batch", str(batch), "--size", str(size), "--steps", str(steps)]
+    out = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        missing = "ModuleNotFoundError" in out.stderr
+        return None, ("not installed" if missing else (out.stderr.strip().splitlines() or ["failed"])[-1])
+    return json.loads(lines[-1]), None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="regnety_200mf")
+    parser.add_argument("--variants", default="regnety_200mf")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps for ours")
-    parser.add_argument("--reference-steps", type=int, default=2,
-                        help="timed training steps for tf_keras.applications (slow on CPU)")
-    parser.add_argument("--no-reference", action="store_true", help="time ours only")
+    parser.add_argument("--steps", type=int, default=6, help="timed training steps (inference: twice as many)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
-    import keras
-
-    import workbench as wb
-    from workbench.design import keras_applications_name
-    from workbench.timing import throughput
-    variant = wb.resolve_variant(args.variant)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype("float32")
-    y = rng.integers(0, 1000, args.batch)
-    shape = (args.size, args.size, 3)
-    print(f"{variant}, batch {args.batch}, {args.size}x{args.size}, float32, "
-          f"{os.cpu_count()} CPU cores")
-
-    ours = throughput(wb.regnet(variant, input_shape=shape), x, y, args.steps, 2 * args.steps,
-                   keras.optimizers.SGD(0.01, momentum=0.9))
-    print(f"  workbench (Keras 3)        train {ours[0]:7.1f} img/s   inference {ours[1]:7.1f} img/s")
-    if args.no_reference:
+    if args.one:
+        train, infer = run_one(args.one, args.variants, args.batch, args.size, args.steps)
+        print(json.dumps({"train": train, "infer": infer}))
         return
-    import tf_keras
-    ref_model = getattr(tf_keras.applications, keras_applications_name(variant))(
-        weights=None, input_shape=shape)
-    ref = throughput(ref_model, x, y, args.reference_steps, 2 * args.steps,
-                  tf_keras.optimizers.SGD(0.01, momentum=0.9))
-    print(f"  tf_keras.applications      train {ref[0]:7.1f} img/s   inference {ref[1]:7.1f} img/s")
-    print(f"  ratio (workbench / tf_keras) train {ours[0] / ref[0]:5.1f}x    inference "
-          f"{ours[1] / ref[1]:5.1f}x")
+    from workbench.design import resolve_variant
+
+    print(f"batch {args.batch}, {args.size}x{args.size}, {os.cpu_count()} CPU cores; img/s, medians; "
+          f"each contender in its own process")
+    for variant in (resolve_variant(v) for v in args.variants.split(",")):
+        rows = {c: _in_process(c, variant, args.batch, args.size, args.steps) for c in args.contenders.split(",")}
+        timm = [r for c, (r, _) in rows.items() if c.startswith("timm") and r]
+        best = {k: max(r[k] for r in timm) for k in ("train", "infer")} if timm else None
+        print(f"\n{variant:14s} {'train':>8s} {'infer':>8s}" + ("   vs timm's best: train  infer" if best else ""))
+        for contender, (r, why) in rows.items():
+            if r is None:
+                print(f"  {contender:14s} {'-':>8s} {'-':>8s}   ({why})")
+                continue
+            ratio = f"   {r['train'] / best['train']:14.2f}x {r['infer'] / best['infer']:5.2f}x" if best else ""
+            print(f"  {contender:14s} {r['train']:8.1f} {r['infer']:8.1f}{ratio}")
 
 
 if __name__ == "__main__":
