@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from workbench import augment as augmentation
 from workbench import checks
 
 _CROP_FRACTION = 0.875
@@ -54,14 +55,22 @@ class ImageData:
     train_plain: tf.data.Dataset | None = None   # training images, centre-cropped, in order
     make_train: Callable[[int], tf.data.Dataset] | None = field(default=None, repr=False)
 
-    def training(self, seed: int) -> tf.data.Dataset:
+    augment: object = None  # the loader's augmentation (an `augment.Augment`)
+
+    def training(self, seed: int, augment=None) -> tf.data.Dataset:
         """A fresh training pipeline whose shuffling and augmentation depend only on `seed`.
 
         `train` is the pipeline made with the loader's seed; iterating it (for
         example to look at a batch) moves its random state on. `finetune` trains
         on `training(seed)` so that a run does not depend on what was iterated before.
+        `augment` (a spec, see `workbench.augment`) replaces the loader's augmentation.
         """
-        return self.make_train(seed) if self.make_train is not None else self.train
+        if self.make_train is None:
+            if augment is not None:
+                raise ValueError("This ImageData has no pipeline builder: augment= needs data from "
+                                 "wb.load_folder or wb.load_tfds.")
+            return self.train
+        return self.make_train(seed, None if augment is None else augmentation.parse(augment, self.augment))
 
     @property
     def num_classes(self) -> int:
@@ -148,17 +157,6 @@ def _center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return image[top:top + size, left:left + size]
 
 
-def _augment(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
-    """Random-resized crop (25-100% of the area, aspect 3/4-4/3) and horizontal flip."""
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([1, 0, 4]), seed=seeds[0], area_range=(0.25, 1.0),
-        aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10, use_image_if_no_bounding_boxes=True)
-    image = tf.image.resize(tf.slice(image, begin, crop), [size, size], antialias=True)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
 def decode_side(image_size: int) -> int:
     """The shorter side images are decoded to before the centre crop to `image_size`."""
     return int(round(image_size / _CROP_FRACTION))
@@ -196,14 +194,16 @@ def seeded_ops(seed: int):
         tf.random.set_seed(previous)
 
 
-def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment, cache):
+def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment, cache, num_classes=None):
     """(make_train, val, train_plain) from datasets of (encoded bytes, label).
 
-    `make_train(seed)` builds a shuffled (and, with `augment`, augmented)
-    batched training pipeline over the decoded, cached images.
+    `make_train(seed, augment=None)` builds a shuffled, batched training
+    pipeline over the decoded, cached images, augmented as `augment` says
+    (an `augment.Augment`; None: the loader's), its randomness from `seed` alone.
     """
     side = decode_side(image_size)
     mode = _cache_mode(cache, n_train, side)
+    default = augment
 
     def decoded(src, crop):
         ds = src.map(lambda b, y: ((_center_crop(_decode(b, side), image_size) if crop
@@ -214,20 +214,36 @@ def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment
             ds = ds.cache(_disk_cache_file())
         return ds
 
-    train_decoded = decoded(train_src, crop=not augment)
-    buffer = n_train if mode != "disk" else min(n_train, 2048)
+    cached = {}
 
-    def make_train(seed):
+    def train_decoded(crop):
+        if crop not in cached:  # decoded once per form: centre-cropped, or whole for random crops
+            cached[crop] = decoded(train_src, crop)
+        return cached[crop]
+
+    def make_train(seed, augment=None):
+        augment = default if augment is None else augment
+        augmentation.check_labels(train_src.element_spec[1], num_classes, augment.ops)
         with seeded_ops(seed):
-            train = train_decoded.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
-            if augment:
+            train = train_decoded(not augment.crop).shuffle(max(buffer, 1), seed=seed,
+                                                          reshuffle_each_iteration=True)
+            if augment.crop:
                 randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
                 train = tf.data.Dataset.zip(train, randoms).map(
-                    lambda xy, r: (_augment(xy[0], image_size, tf.stack([r, tf.cast(seed, tf.int64)])), xy[1]),
+                    lambda xy, r: (augmentation.random_resized_crop(
+                        xy[0], image_size, tf.stack([r, tf.cast(seed, tf.int64)])), xy[1]),
                     num_parallel_calls=_AUTOTUNE)
             else:
                 train = train.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=_AUTOTUNE)
-            return train.batch(batch_size, drop_remainder=n_train > batch_size).prefetch(_AUTOTUNE)
+            train = train.batch(batch_size, drop_remainder=n_train > batch_size)
+            per_batch = augmentation.batch_augmenter(augment, num_classes, seed)
+            if per_batch is not None:
+                randoms = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+                train = tf.data.Dataset.zip(train, randoms).map(lambda xy, r: per_batch(xy[0], xy[1], r),
+                                                                num_parallel_calls=_AUTOTUNE)
+            return train.prefetch(_AUTOTUNE)
+
+    buffer = n_train if mode != "disk" else min(n_train, 2048)
 
     def plain(src):
         ds = decoded(src, crop=True).batch(batch_size)
