@@ -1,15 +1,18 @@
-"""`finetune`: head first, then staged unfreezing with discriminative rates, checkpointed and resumable.
+"""`finetune`: the training policy's schedule (any staged unfreezing, discriminative rates), resumable.
 
 One call does the common thing: AdamW under a warmup + cosine schedule,
 label smoothing, optional balanced class weights, `GradualUnfreezing` with a
 `DiscriminativeOptimizer`, and (while the whole backbone is frozen) training
-the head on backbone features computed once (`feature_cache`). Every epoch is
+the head on backbone features computed once (`feature_cache`). "auto" and the
+extras (augmentation, EMA, test-time augmentation, progressive resizing,
+BatchNorm re-estimation) come from `workbench.policy.training_policy`. Every epoch is
 checkpointed in `output_dir/checkpoints` (`checkpoints`); calling `finetune`
 again with the same `output_dir` resumes after the last completed epoch.
 
 The run is a sequence of named steps, the methods of `_Run` in the order
-`finetune` calls them: check arguments, place under the strategy, compile,
-resume, head epochs on cached features, staged epochs, result.
+`finetune` calls them: check arguments, the training policy, place under the
+strategy, compile, resume, head epochs on cached features, staged epochs
+(in progressive-resizing phases), result (with test-time augmentation).
 """
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ class FinetuneResult:
         return f"{self.epochs_run} epochs, {best}{speed}"
 
 
-def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, lr_decay: float = 2.6,
+def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, lr_decay="auto",
              multipliers=None, optimizer="adamw", weight_decay: float = 0.05, label_smoothing: float = 0.1,
              class_weight=None, warmup: float = 0.05, output_dir=None, resume: bool = True, seed: int = 0,
              cache_features: bool = True, strategy=None, restore_best: bool = True, monitor="val_accuracy",
@@ -87,7 +90,8 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
         benchmark for `pretrained` weights (or random initialization).
     lr: peak learning rate of the head (warmup over `warmup` of the steps,
         then cosine to 1%); stage k trains at lr / lr_decay**depth, or at
-        lr * multipliers[stage].
+        lr * multipliers[stage]. lr_decay "auto": 1 with unfreeze="auto", 2.6
+        with a schedule given (`training_policy`).
     class_weight: None, "balanced" (data.class_weights) or {index: weight}.
     cache_features: train head-only epochs on backbone features computed once
         (augmentation off for those epochs).
