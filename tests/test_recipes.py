@@ -56,6 +56,9 @@ def test_custom_recipe_on_the_sample_dataset(custom_run):
     metrics = check_outputs(custom_run, ["brick", "grass", "gravel"], epochs=2)
     assert (custom_run / "export" / "model.keras").exists()
     assert metrics["seed"] == 0 and metrics["unfreeze"] == "0:all" and metrics["lr_decay"] == 1.0
+    policy = metrics["policy"]   # what was actually used, every "auto" resolved
+    assert set(policy) >= {"unfreeze", "lr_decay", "augment", "ema", "tta", "progressive", "bn_refresh"}
+    assert policy["augment"] in ("none", "light", "strong", "crop") and metrics["drop_path"] == 0.0
 
 
 def test_same_seed_same_numbers(custom_run, tmp_path):
@@ -90,6 +93,9 @@ def test_flowers_recipe_on_a_tfds_format_data_dir(tmp_path):
     (dict(epochs=0), "epochs must be a positive integer"),
     (dict(weights="tv2"), "weights='tv2' is not a tag of regnety_200mf"),
     (dict(weights="photos/model.h5"), "weights='photos/model.h5': no such file"),
+    (dict(augment="flip,zoom"), "Unknown augmentation 'zoom': use 'auto', 'none', 'light', 'strong'"),
+    (dict(ema="yes"), "ema must be True or False"),
+    (dict(drop_path=1.5), "drop_path must be a number in [0, 1)"),
 ])
 def test_bad_parameters_stop_in_the_check_cell(tmp_path, params, sentence):
     with pytest.raises(pm.PapermillExecutionError) as err:
@@ -122,3 +128,17 @@ def test_missing_keras_weights_fall_back_plainly(tmp_path, monkeypatch, capsys):
     assert "weights are NOT available" in said and "RANDOM INITIALIZATION" in said
     policy = unfreeze_policy("auto", 5, pretrained, lr_decay=2.6)
     assert policy.schedule == "0:all" and policy.lr_decay == 1.0
+
+
+def test_custom_recipe_training_policy_parameters(tmp_path):
+    """augment, ema, tta, drop_path and progressive reach the run, and metrics.json records what was used."""
+    out = run("custom.ipynb", tmp_path, image_size=64, epochs=3, augment="crop,mixup", ema=True, tta=True,
+              drop_path=0.1, progressive=True, max_train_images=32)
+    metrics = check_outputs(out, ["brick", "grass", "gravel"], epochs=3)
+    policy = metrics["policy"]
+    assert policy["augment"] == "crop,mixup" and policy["ema"] and policy["tta"] and policy["progressive"]
+    assert policy["bn_refresh"] is True                         # random initialization: see workbench.policy
+    assert 0 <= metrics["tta_val_accuracy"] <= 1 and metrics["evaluation"]["tta_views"] == 5
+    assert metrics["progressive"]["sides"] == [40, 48, 64] and metrics["drop_path"] == 0.1
+    model = keras.models.load_model(out / "model.keras")
+    assert any(layer.name.endswith("_drop_path") for layer in model.layers)

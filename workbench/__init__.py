@@ -16,6 +16,7 @@ from workbench.lr_find import LRFindResult, lr_find, suggest_lr  # noqa: E402
 from workbench.model import regnet  # noqa: E402
 from workbench.optim import DiscriminativeOptimizer  # noqa: E402
 from workbench.plots_data import plot_class_distribution, show_batch  # noqa: E402
+from workbench.policy import TrainingPolicy, training_policy  # noqa: E402
 from workbench.pretrained import WeightsUnavailableError, list_weights  # noqa: E402
 from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,  # noqa: E402
                                plot_lr_schedule, plot_top_losses, plot_training_curves,
@@ -31,7 +32,8 @@ __all__ = [
     "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_tfds",
     "sample_dataset", "show_batch", "plot_class_distribution",
     "GradualUnfreezing", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",
-    "DiscriminativeOptimizer", "finetune", "FinetuneResult", "seed_everything", "make_strategy",
+    "DiscriminativeOptimizer", "finetune", "training_policy", "TrainingPolicy", "FinetuneResult", "seed_everything",
+    "make_strategy",
     "WarmupCosine", "OneCycle", "lr_find", "LRFindResult", "suggest_lr",
     "export", "export_all", "HubBackbone", "HubModelUnavailableError", "hub_backbone",
     "hub_classifier",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from workbench import augment as augmentation
 from workbench.data import (DatasetUnavailableError, ImageData, check_loader_args, class_counts, error_reason,
                             pipelines, stratified_split, subsample)
+from workbench.policy import auto_augment
 from workbench.network import looks_offline
 
 
@@ -30,7 +32,7 @@ def _select(ds: tf.data.Dataset, mask: np.ndarray) -> tf.data.Dataset:
 
 
 def load_tfds(name: str, image_size: int = 224, batch_size: int = 32, val_split: float = 0.15,
-              seed: int = 0, data_dir=None, max_train_images: int = 0, augment: bool = True,
+              seed: int = 0, data_dir=None, max_train_images: int = 0, augment="auto",
               cache="auto", download: bool = True, verbose: bool = True) -> ImageData:
     """Load a TFDS image-classification dataset by name.
 
@@ -40,6 +42,7 @@ def load_tfds(name: str, image_size: int = 224, batch_size: int = 32, val_split:
     import tensorflow_datasets as tfds
 
     check_loader_args(image_size, batch_size, val_split, seed, max_train_images)
+    augmentation.parse(augment, "none")  # an unknown name fails here, before any download
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # DatasetNotFoundError and friends
@@ -81,10 +84,11 @@ def load_tfds(name: str, image_size: int = 224, batch_size: int = 32, val_split:
     keep_mask[keep] = True
     train_src = _select(train_src, keep_mask)
 
+    augment = augmentation.parse(augment, auto_augment(len(keep), image_size))
     make_train, val, plain = pipelines(train_src, val_src, len(keep), image_size, batch_size, seed,
-                                       augment, cache)
+                                       augment, cache, len(class_names))
     data = ImageData(make_train(seed), val, class_names, class_counts(labels[keep], class_names),
-                     class_counts(val_labels, class_names), image_size, batch_size, [], plain, make_train)
+                     class_counts(val_labels, class_names), image_size, batch_size, [], plain, make_train, augment)
     if verbose:
         print(data.summary())
     return data

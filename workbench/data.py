@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from workbench import augment as augmentation
 from workbench import checks
 
 _CROP_FRACTION = 0.875
@@ -54,7 +55,9 @@ class ImageData:
     train_plain: tf.data.Dataset | None = None   # training images, centre-cropped, in order
     make_train: Callable[..., tf.data.Dataset] | None = field(default=None, repr=False)
 
-    def training(self, seed: int, first_epoch: int = 0) -> tf.data.Dataset:
+    augment: object = None  # the loader's augmentation (an `augment.Augment`)
+
+    def training(self, seed: int, first_epoch: int = 0, augment=None) -> tf.data.Dataset:
         """Training batches of epochs `first_epoch`, `first_epoch + 1`, ... (endless), from `seed` alone.
 
         `train` is the pipeline made with the loader's seed, one epoch per
@@ -62,11 +65,15 @@ class ImageData:
         random state on. `finetune` trains on `training(seed, first_epoch)`
         (with `steps_per_epoch`), so a run does not depend on what was iterated
         before, and a resumed run sees the epochs an uninterrupted one would.
-        Without a loader's pipeline factory this is `train`, repeated.
+        `augment` (a spec, see `workbench.augment`) replaces the loader's
+        augmentation. Without a loader's pipeline factory this is `train`, repeated.
         """
         if self.make_train is None:
+            if augment is not None:
+                raise ValueError("This ImageData has no pipeline builder: augment= needs data from "
+                                 "wb.load_folder or wb.load_tfds.")
             return self.train.repeat()
-        return self.make_train(seed, first_epoch)
+        return self.make_train(seed, first_epoch, None if augment is None else augmentation.parse(augment, self.augment))
 
     @property
     def num_classes(self) -> int:
@@ -153,17 +160,6 @@ def _center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return image[top:top + size, left:left + size]
 
 
-def _augment(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
-    """Random-resized crop (25-100% of the area, aspect 3/4-4/3) and horizontal flip."""
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([1, 0, 4]), seed=seeds[0], area_range=(0.25, 1.0),
-        aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10, use_image_if_no_bounding_boxes=True)
-    image = tf.image.resize(tf.slice(image, begin, crop), [size, size], antialias=True)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
 def decode_side(image_size: int) -> int:
     """The shorter side images are decoded to before the centre crop to `image_size`."""
     return int(round(image_size / _CROP_FRACTION))
@@ -228,17 +224,19 @@ def seeded_epochs(one_epoch, seed: int, first_epoch: int | None, steps: int) -> 
         return ds.prefetch(_AUTOTUNE)
 
 
-def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment, cache):
+def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment, cache, num_classes=None):
     """(make_train, val, train_plain) from datasets of (encoded bytes, label).
 
-    `make_train(seed)` builds a shuffled (and, with `augment`, augmented)
-    batched training pipeline over the decoded, cached images, one epoch per
-    iteration; `make_train(seed, first_epoch)` the endless sequence of epochs
-    from `first_epoch` on, each a function of (seed, epoch) alone, so a resumed
-    run sees the epochs an uninterrupted one would.
+    `make_train(seed)` builds a shuffled, batched training pipeline over the
+    decoded, cached images, augmented as `augment` says (an `augment.Augment`),
+    one epoch per iteration; `make_train(seed, first_epoch, augment)` the
+    endless sequence of epochs from `first_epoch` on, augmented as the given
+    `Augment` (None: the loader's), each epoch a function of (seed, epoch)
+    alone, so a resumed run sees the epochs an uninterrupted one would.
     """
     side = decode_side(image_size)
     mode = _cache_mode(cache, n_train, side)
+    default = augment
 
     def decoded(src, crop):
         ds = src.map(lambda b, y: ((_center_crop(_decode(b, side), image_size) if crop
@@ -249,19 +247,35 @@ def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment
             ds = ds.cache(_disk_cache_file())
         return ds
 
-    train_decoded = decoded(train_src, crop=not augment)
     buffer = max(n_train if mode != "disk" else min(n_train, 2048), 1)
+    cached = {}
 
-    def one_epoch(epoch_seed):
-        ds = train_decoded.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-        if augment:
-            ds = ds.enumerate().map(lambda i, xy: (_augment(xy[0], image_size, tf.stack([epoch_seed, i])), xy[1]),
-                                    num_parallel_calls=_AUTOTUNE)
-        else:
-            ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=_AUTOTUNE)
-        return ds.batch(batch_size, drop_remainder=n_train > batch_size)
+    def train_decoded(crop):
+        if crop not in cached:  # decoded once per form: centre-cropped, or whole for random crops
+            cached[crop] = decoded(train_src, crop)
+        return cached[crop]
 
-    def make_train(seed, first_epoch=None):
+    def epochs_of(augment, seed):
+        augmentation.check_labels(train_src.element_spec[1], num_classes, augment.ops)
+        per_batch = augmentation.batch_augmenter(augment, num_classes, seed)
+        source = train_decoded(not augment.crop)  # made here, eagerly: one_epoch is traced by flat_map
+
+        def one_epoch(epoch_seed):
+            ds = source.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+            if augment.crop:
+                ds = ds.enumerate().map(lambda i, xy: (augmentation.random_resized_crop(
+                    xy[0], image_size, tf.stack([epoch_seed, i])), xy[1]), num_parallel_calls=_AUTOTUNE)
+            else:
+                ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=_AUTOTUNE)
+            ds = ds.batch(batch_size, drop_remainder=n_train > batch_size)
+            if per_batch is not None:
+                ds = ds.enumerate().map(lambda j, xy: per_batch(xy[0], xy[1], epoch_seed * 65_537 + j),
+                                        num_parallel_calls=_AUTOTUNE)
+            return ds
+        return one_epoch
+
+    def make_train(seed, first_epoch=None, augment=None):
+        one_epoch = epochs_of(default if augment is None else augment, seed)
         return seeded_epochs(one_epoch, seed, first_epoch, steps_per_epoch(n_train, batch_size))
 
     def plain(src):

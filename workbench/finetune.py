@@ -1,15 +1,18 @@
-"""`finetune`: head first, then staged unfreezing with discriminative rates, checkpointed and resumable.
+"""`finetune`: the training policy's schedule (any staged unfreezing, discriminative rates), resumable.
 
 One call does the common thing: AdamW under a warmup + cosine schedule,
 label smoothing, optional balanced class weights, `GradualUnfreezing` with a
 `DiscriminativeOptimizer`, and (while the whole backbone is frozen) training
-the head on backbone features computed once (`feature_cache`). Every epoch is
+the head on backbone features computed once (`feature_cache`). "auto" and the
+extras (augmentation, EMA, test-time augmentation, progressive resizing,
+BatchNorm re-estimation) come from `workbench.policy.training_policy`. Every epoch is
 checkpointed in `output_dir/checkpoints` (`checkpoints`); calling `finetune`
 again with the same `output_dir` resumes after the last completed epoch.
 
 The run is a sequence of named steps, the methods of `_Run` in the order
-`finetune` calls them: check arguments, place under the strategy, compile,
-resume, head epochs on cached features, staged epochs, result.
+`finetune` calls them: check arguments, the training policy, place under the
+strategy, compile, resume, head epochs on cached features, staged epochs
+(in progressive-resizing phases), result (with test-time augmentation).
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from workbench import checks, runtime
+from workbench import checks, ema, progressive, runtime
+from workbench.bn_stats import BNRefresh
 from workbench.checkpoints import Recorder, RunState, restore
 from workbench.contract import STAGES, outputs_logits, stage_layers, trainable_candidates
 from workbench.data import steps_per_epoch
@@ -32,7 +36,9 @@ from workbench.layers import set_grouped_conv_implementation
 from workbench.optim import DiscriminativeOptimizer
 from workbench.precision import resolve_precision, training_precision
 from workbench.schedules import WarmupCosine
-from workbench.unfreeze import GradualUnfreezing, check_schedule, format_schedule, stages_at, unfreeze_policy
+from workbench.policy import training_policy
+from workbench.tta import check_model as check_tta_model, tta_accuracy
+from workbench.unfreeze import GradualUnfreezing, check_schedule, format_schedule, stages_at
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -54,6 +60,9 @@ class FinetuneResult:
     epoch_seconds: dict[int, float] = field(default_factory=dict)  # wall time of each epoch run here
     precision: str = "float32"
     strategy: str = ""
+    policy: dict = field(default_factory=dict)         # the training policy actually used (policy.TrainingPolicy)
+    evaluation: dict = field(default_factory=dict)     # with tta: plain and test-time-augmented val accuracy
+    progressive: dict = field(default_factory=dict)    # with progressive: side per epoch, seconds saved
 
     @property
     def val_accuracy(self):
@@ -67,12 +76,13 @@ class FinetuneResult:
         return f"{self.epochs_run} epochs, {best}{speed}"
 
 
-def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, lr_decay: float = 2.6,
+def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, lr_decay="auto",
              multipliers=None, optimizer="adamw", weight_decay: float = 0.05, label_smoothing: float = 0.1,
              class_weight=None, warmup: float = 0.05, output_dir=None, resume: bool = True, seed: int = 0,
              cache_features: bool = True, strategy=None, restore_best: bool = True, monitor="val_accuracy",
              callbacks=None, verbose="auto", deterministic: bool = True, jit_compile="auto",
-             precision="auto") -> FinetuneResult:
+             precision="auto", augment=None, ema: bool = False, tta: bool = False, progressive: bool = False,
+             bn_refresh="auto", pretrained: bool = True) -> FinetuneResult:
     """Fine-tune `model` on `data` (an `ImageData`): head first, then stages from the top, lower rates below.
 
     model: a `keras.Model` from `wb.regnet`, or a zero-argument callable that
@@ -88,10 +98,12 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
     jit_compile: as Keras' `compile`; True (XLA, e.g. as a proxy for a TPU) runs
         grouped convolutions on their native op.
     unfreeze: schedule (dict or "0:head,2:stage4,4:stage3+stage2"); None or
-        "auto": `default_schedule(epochs)` (see `unfreeze_policy`).
+        "auto": what `workbench.policy.training_policy` chose from the transfer
+        benchmark for `pretrained` weights (or random initialization).
     lr: peak learning rate of the head (warmup over `warmup` of the steps,
         then cosine to 1%); stage k trains at lr / lr_decay**depth, or at
-        lr * multipliers[stage].
+        lr * multipliers[stage]. lr_decay "auto": 1 with unfreeze="auto", 2.6
+        with a schedule given (`training_policy`).
     class_weight: None, "balanced" (data.class_weights) or {index: weight}.
     cache_features: train head-only epochs on backbone features computed once
         (augmentation off for those epochs).
@@ -99,6 +111,15 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
         is resumed (resume=False starts over).
     restore_best: the returned model holds the weights of the best epoch by
         `monitor` (default); False keeps the last epoch's.
+    augment: None (the loader's augmentation) or a spec ("auto", "none", "light",
+        "strong", "flip,crop,mixup", ...; see `workbench.augment`).
+    ema: evaluate, keep and return the exponential moving average of the weights.
+    tta: also report validation accuracy averaged over flipped / cropped views
+        (`result.evaluation`); needs a classifier head.
+    progressive: early epochs on smaller images (`workbench.progressive`).
+    bn_refresh: re-estimate BatchNorm statistics on training images before each
+        evaluation (`workbench.bn_stats`); "auto": as the policy says.
+    pretrained: whether `model` holds pretrained weights (what "auto" depends on).
     seed, deterministic: `seed` governs data order, augmentation, dropout and
         the order of cached features; with `deterministic` (TensorFlow op
         determinism) the same seed gives the same numbers on the same machine
@@ -106,6 +127,7 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
     """
     run = _Run(data, epochs, unfreeze, lr, lr_decay, label_smoothing, class_weight, warmup, seed,
                restore_best, monitor, callbacks, verbose, deterministic, precision)
+    run.policy(pretrained, augment, ema, tta, progressive, bn_refresh)
     run.place(model, strategy)
     run.compile(optimizer, multipliers, weight_decay, jit_compile)
     run.resume(output_dir, resume)
@@ -149,7 +171,7 @@ class _Run:
         """Step 1: check every argument before any work, and seed the run."""
         self.epochs = checks.positive_int("epochs", epochs)
         self.lr = checks.positive_number("lr", lr, " (a learning rate, e.g. 1e-3)")
-        self.lr_decay = checks.lr_decay(lr_decay)
+        self.lr_decay = lr_decay if lr_decay == "auto" else checks.lr_decay(lr_decay)
         self.label_smoothing = checks.fraction("label_smoothing", label_smoothing)
         self.warmup = checks.fraction("warmup", warmup, " (a fraction of all steps)")
         self.seed = checks.integer("seed", seed)
@@ -158,14 +180,33 @@ class _Run:
             class_weight = dict(data.class_weights)
         elif class_weight is not None and not isinstance(class_weight, dict):
             raise ValueError(f"class_weight must be None, 'balanced' or {{class index: weight}}, got {class_weight!r}.")
-        self.unfreeze = unfreeze_policy("auto", self.epochs).schedule if unfreeze in (None, "auto") else unfreeze
+        self.unfreeze = unfreeze
         self.data, self.restore_best, self.monitor = data, restore_best, monitor
         self.verbosity = _verbosity(verbose)
         self.log: list[str] = []
         self.fit_kw = dict(verbose=self.verbosity, class_weight=class_weight, shuffle=False)  # tf.data shuffles
         self.callbacks = list(callbacks or [])
-        self.speedup = self.resumed_at = None
+        self.speedup = self.resumed_at = self.bn_refresh = None
         runtime.seed_everything(self.seed, deterministic)
+
+    def policy(self, pretrained, augment, ema_on, tta, progressive_on, bn_refresh):
+        """Step 1b: the training policy ("auto" resolved by `training_policy`): schedule, decay, extras."""
+        chosen = training_policy(self.unfreeze, self.epochs, pretrained, self.lr_decay,
+                                 augment=augment if augment is not None else getattr(self.data, "augment", None),
+                                 ema=ema_on, tta=tta, progressive=progressive_on, bn_refresh=bn_refresh,
+                                 num_train=getattr(self.data, "num_train", None),
+                                 image_size=getattr(self.data, "image_size", None))
+        self.unfreeze, self.lr_decay, self.chosen = chosen.unfreeze, chosen.lr_decay, chosen
+        self.augment = chosen.augment if augment is not None else None  # None: the loader's pipeline
+
+    def extras(self, staged: bool) -> list:
+        """The policy's callbacks for one fit: EMA swap first, then BatchNorm re-estimation."""
+        out = [ema.callback()] if self.chosen.ema else []
+        plain = getattr(self.data, "train_plain", None)
+        if staged and self.chosen.bn_refresh and plain is not None:
+            out.append(self.bn_refresh or BNRefresh(plain, model=self.model))
+            self.bn_refresh = out[-1]
+        return out
 
     def say(self, msg: str):
         self.log.append(msg)
@@ -187,6 +228,8 @@ class _Run:
                 self.say(f"Cloned the model into {type(self.strategy).__name__}.scope() "
                          f"({self.strategy.num_replicas_in_sync} replicas).")
         self.model = model
+        if self.chosen.tta:
+            check_tta_model(model)
         self.schedule = check_schedule(self.unfreeze, model, self.epochs)
         out_units, data = model.outputs[0].shape[-1], self.data
         if out_units != data.num_classes:
@@ -202,6 +245,8 @@ class _Run:
                                 final_lr_frac=0.01)
         with self.strategy.scope():
             inner = make_optimizer(optimizer, schedule, weight_decay)
+            if self.chosen.ema:
+                self.say(f"EMA of weights, momentum {ema.enable(inner, total):.4g}: evaluated and kept.")
             self.optimizer = DiscriminativeOptimizer(inner, self.model, decay=self.lr_decay, multipliers=multipliers)
             if self.precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -219,7 +264,8 @@ class _Run:
                  f"{', XLA' if self.model.jit_compile else ''}.")
         self.settings = {"epochs": self.epochs, "unfreeze": format_schedule(self.schedule), "lr": self.lr,
                          "lr_decay": self.lr_decay, "optimizer": str(optimizer) if isinstance(optimizer, str)
-                         else type(optimizer).__name__, "seed": self.seed, "steps_per_epoch": self.steps}
+                         else type(optimizer).__name__, "seed": self.seed, "steps_per_epoch": self.steps,
+                         "policy": self.chosen.as_dict()}
 
     def resume(self, output_dir, resume):
         """Step 4: continue the run saved in output_dir, or start one there."""
@@ -228,6 +274,8 @@ class _Run:
         self.recorder = Recorder(self.model, self.state, keep_best_in_memory=self.restore_best)
 
     def encode(self, x, y):
+        if y.shape.rank == 2:  # already one-hot (mixup / cutmix)
+            return x, tf.cast(y, tf.float32)
         return x, tf.one_hot(tf.cast(y, tf.int32), self.data.num_classes)
 
     def head_epochs(self, cache):
@@ -254,7 +302,8 @@ class _Run:
         self.recorder.unfreezer = log
         with fitting(cached.head, self.strategy):
             cached.head.fit(cached.train, validation_data=cached.val, epochs=end, initial_epoch=start,
-                            steps_per_epoch=self.steps, callbacks=[self.recorder] + self.callbacks, **self.fit_kw)
+                            steps_per_epoch=self.steps,
+                            callbacks=self.extras(staged=False) + [self.recorder] + self.callbacks, **self.fit_kw)
         self.recorder.stop_if_nan(self.lr)
         seconds = [self.recorder.epoch_seconds[e] for e in range(start, end) if e in self.recorder.epoch_seconds]
         if seconds:
@@ -271,13 +320,33 @@ class _Run:
         if self.recorder.unfreezer is not None:
             unfreezer.events = list(self.recorder.unfreezer.events)
         self.recorder.unfreezer = unfreezer
-        train = self.data.training(self.seed, start) if hasattr(self.data, "training") else self.data.train.repeat()
-        with fitting(self.model, self.strategy):
-            self.model.fit(train.map(self.encode), validation_data=self.data.val.map(self.encode),
-                           epochs=self.epochs, initial_epoch=start, steps_per_epoch=self.steps,
-                           callbacks=[unfreezer, self.recorder] + self.callbacks, **self.fit_kw)
-        self.recorder.stop_if_nan(self.lr)
+        for first, end, side, model in self.phases(start):
+            train = (self.data.training(self.seed, first, self.augment) if hasattr(self.data, "training")
+                     else self.data.train.repeat())
+            if model is not self.model:
+                train = progressive.resized(train, side)
+            with fitting(model, self.strategy):
+                model.fit(train.map(self.encode), validation_data=self.data.val.map(self.encode),
+                          epochs=end, initial_epoch=first, steps_per_epoch=self.steps,
+                          callbacks=self.extras(staged=True) + [unfreezer, self.recorder] + self.callbacks,
+                          **self.fit_kw)
+            self.recorder.stop_if_nan(self.lr)
         self.log += unfreezer.log
+
+    def phases(self, start):
+        """[(first epoch, end epoch, side, model to fit)]: one phase at full size, or progressive resizing."""
+        size = getattr(self.data, "image_size", None)
+        if not (self.chosen.progressive and size):
+            return [(start, self.epochs, size, self.model)]
+        plan = [(max(a, start), b, side) for a, b, side in progressive.phases(self.epochs, size) if b > start]
+        twin = None
+        if any(side != size for *_, side in plan):
+            with self.strategy.scope():
+                twin = progressive.flexible(self.model)
+                twin.compile(optimizer=self.optimizer, **self.compile_kw)
+            self.say("Progressive resizing: " + ", ".join(f"epochs {a + 1}-{b} at {side}px" for a, b, side in plan))
+        self.sides = {e: side for a, b, side in plan for e in range(a, b)}
+        return [(a, b, side, self.model if side == size else twin) for a, b, side in plan]
 
     def result(self, output_dir) -> FinetuneResult:
         """Step 7: the best (or last) weights in the model, and what the run did."""
@@ -288,10 +357,19 @@ class _Run:
                 self.model.set_weights(recorder.best_weights)
             elif self.state.dir is not None and (self.state.dir / "best.keras").exists():
                 restore(self.model, self.state.dir / "best.keras", optimizer=False)
+        evaluation = {}
+        if self.chosen.tta:
+            augment = self.augment or getattr(self.data, "augment", None)
+            evaluation = tta_accuracy(self.model, self.data.val, flip="flip" in getattr(augment, "ops", ()))
+            self.say(f"Test-time augmentation ({evaluation['tta_views']} views): val_accuracy "
+                     f"{evaluation['val_accuracy']:.4f} plain, {evaluation['tta_val_accuracy']:.4f} with TTA.")
         return FinetuneResult(history=dict(state["history"]), events=state["events"],
                               epochs_run=state["epoch"] + 1, best_epoch=best_epoch,
                               best_val_accuracy=state["best_value"], model=self.model,
                               feature_cache_speedup=self.speedup, resumed_at=self.resumed_at,
                               output_dir=Path(output_dir) if output_dir is not None else None, log=self.log,
                               epoch_seconds=dict(recorder.epoch_seconds), precision=self.precision,
-                              strategy=describe(self.strategy))
+                              strategy=describe(self.strategy), policy=self.chosen.as_dict(),
+                              evaluation=evaluation,
+                              progressive=progressive.report(getattr(self, "sides", {}), recorder.epoch_seconds,
+                                                             getattr(self.data, "image_size", None)))

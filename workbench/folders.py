@@ -11,8 +11,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from workbench import augment as augmentation
 from workbench.data import (ImageData, cache_root, check_loader_args, class_counts, decode_raw, decode_side,
                             error_reason, pipelines, stratified_split, subsample)
+from workbench.policy import auto_augment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Formats tf.io.decode_image reads exactly like PIL; anything else is converted.
@@ -109,7 +111,7 @@ def _scan_split(folder: Path, class_names: list[str], short_side: int):
 
 
 def load_folder(folder, image_size: int = 224, batch_size: int = 32, val_split: float = 0.15,
-                seed: int = 0, max_train_images: int = 0, augment: bool = True,
+                seed: int = 0, max_train_images: int = 0, augment="auto",
                 cache="auto", verbose: bool = True) -> ImageData:
     """Load a folder with one sub-folder of images per class (or train/ and val/ inside).
 
@@ -119,6 +121,7 @@ def load_folder(folder, image_size: int = 224, batch_size: int = 32, val_split: 
     "disk" or None.
     """
     check_loader_args(image_size, batch_size, val_split, seed, max_train_images)
+    augmentation.parse(augment, "none")  # an unknown name fails here, before the folder is scanned
     root = Path(folder).expanduser()
     expected = ("Expected one sub-folder of images per class (photos/cats/*.jpg, photos/dogs/*.jpg), "
                 "or train/ and val/ folders that each hold one sub-folder per class.")
@@ -160,10 +163,12 @@ def load_folder(folder, image_size: int = 224, batch_size: int = 32, val_split: 
     def source(p, y):
         return tf.data.Dataset.from_tensor_slices((p, y)).map(lambda f, t: (tf.io.read_file(f), t))
 
+    augment = augmentation.parse(augment, auto_augment(len(paths), image_size))
     make_train, val, plain = pipelines(source(paths, labels), source(val_paths, val_labels), len(paths),
-                                       image_size, batch_size, seed, augment, cache)
+                                       image_size, batch_size, seed, augment, cache, len(class_names))
     data = ImageData(make_train(seed), val, class_names, class_counts(labels, class_names),
-                     class_counts(val_labels, class_names), image_size, batch_size, skipped, plain, make_train)
+                     class_counts(val_labels, class_names), image_size, batch_size, skipped, plain, make_train,
+                     augment)
     if verbose:
         print(data.summary())
     return data

@@ -47,6 +47,28 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
+@keras.saving.register_keras_serializable(package="workbench")
+class DropPath(keras.layers.Layer):
+    """Stochastic depth: in training, zero a sample's residual branch with probability `rate` (and scale
+    the kept ones by 1/(1-rate)); identity in inference and export. Seeded like the other layers."""
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed = float(rate), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=None):
+        if not training or self.rate <= 0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (keras.ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = keras.ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype))
+        return x * mask / keep
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
 def _bn(name):
     return BatchNorm(momentum=0.9, epsilon=1e-5, name=name)
 
@@ -80,8 +102,9 @@ def _conv1x1(x, filters, seed, name, stride=1, **kwargs):
                                **{"use_bias": False, **kwargs})(x)
 
 
-def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symmetric, seed, name):
-    """Residual bottleneck block: X block, or Y block when se_ratio > 0."""
+def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symmetric, seed, name,
+           drop_path=0.0):
+    """Residual bottleneck block: X block, or Y block when se_ratio > 0; `drop_path`: stochastic depth rate."""
     w_b = int(round(w_out * bottleneck_ratio))
     shortcut = x
     if stride != 1 or w_in != w_out:
@@ -98,6 +121,8 @@ def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symm
         y = keras.layers.Multiply(name=f"{name}_se_scale")([y, s])
     y = _conv1x1(y, w_out, seed, f"{name}_conv3")
     y = _bn(f"{name}_bn3")(y)
+    if drop_path:
+        y = DropPath(drop_path, seed=layer_seed(seed, f"{name}_drop_path"), name=f"{name}_drop_path")(y)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
@@ -125,9 +150,14 @@ def classifier_head(x, num_classes, classifier_activation="softmax", dropout=0.0
 
 def build(config: RegNetConfig, num_classes=1000, input_shape=(224, 224, 3), include_top=True,
           pooling=None, classifier_activation="softmax", dropout=0.0, convention="keras", name=None,
-          seed=0):
-    """The Keras model for one point of the design space, randomly initialized from `seed`."""
+          seed=0, drop_path_rate=0.0):
+    """The Keras model for one point of the design space, randomly initialized from `seed`.
+
+    drop_path_rate: stochastic depth as timm's RegNet: block i of n drops its residual branch with
+    probability drop_path_rate * i / (n - 1), 0 for the first block (no layer at all when 0).
+    """
     shape = _check_input_shape(input_shape)
+    checks.fraction("drop_path_rate", drop_path_rate, " (stochastic depth, e.g. 0.05)")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
     conv = CONVENTIONS[convention]
@@ -135,13 +165,15 @@ def build(config: RegNetConfig, num_classes=1000, input_shape=(224, 224, 3), inc
     x = Preprocess(conv["mean"], conv["std"], name="stem_preprocess")(inputs)
     x = _conv3x3(x, 32, 2, 1, conv["symmetric_padding"], seed, "stem_conv")
     x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
-    w_in = 32
-    for s, st in enumerate(config.stages(), start=1):
+    w_in, stages = 32, config.stages()
+    total, i = sum(st["depth"] for st in stages), 0
+    for s, st in enumerate(stages, start=1):
         for b in range(st["depth"]):
+            rate = drop_path_rate * i / max(total - 1, 1)
             x = _block(x, w_in, st["width"], 2 if b == 0 else 1, st["group_width"],
                        st["bottleneck_ratio"], config.se_ratio, conv["symmetric_padding"], seed,
-                       f"stage{s}_block{b + 1}")
-            w_in = st["width"]
+                       f"stage{s}_block{b + 1}", drop_path=rate)
+            w_in, i = st["width"], i + 1
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
         x = classifier_head(x, num_classes, classifier_activation, dropout, seed)
@@ -154,7 +186,7 @@ def build(config: RegNetConfig, num_classes=1000, input_shape=(224, 224, 3), inc
 
 def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=(224, 224, 3),
            include_top=True, pooling=None, classifier_activation="softmax", dropout=0.0, name=None,
-           seed=0):
+           seed=0, drop_path_rate=0.0):
     """A RegNet `keras.Model` for a named variant or a `RegNetConfig`.
 
     weights: None (random init); a tag: "imagenet" (the most accurate
@@ -168,6 +200,8 @@ def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=
     head is dropped.
     seed: the random initialization (of every layer, or of the fresh head and
     dropout), independent of the global random state.
+    drop_path_rate: stochastic depth per block, rising linearly to this rate in
+    the last block (timm's rule); off in inference and in every export.
     """
     from workbench import weights as weights_io
 
@@ -175,7 +209,8 @@ def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=
     _check_input_shape(input_shape)
     source = weights_io.open_weights(weights, config, include_top, num_classes)
     model = build(config, num_classes, input_shape, include_top, pooling, classifier_activation,
-                  dropout, convention=source.convention if source else "keras", name=name, seed=seed)
+                  dropout, convention=source.convention if source else "keras", name=name, seed=seed,
+                  drop_path_rate=drop_path_rate)
     if source:
         source.assign(model)
     return model

@@ -207,7 +207,10 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
         self.inner_optimizer.exclude_from_weight_decay(var_list, var_names)
 
     def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
+        # Built for every variable that may train: finalize them all (EMA keeps one average per
+        # built variable, and `fit` passes only those trainable now).
+        inner = self.inner_optimizer
+        inner.finalize_variable_values(inner._trainable_variables if inner.built else var_list)
 
     def get_config(self):
         return {"name": self.name, "decay": self.decay, "multipliers": dict(self.multipliers),

@@ -25,6 +25,7 @@ def show_batch(data, n: int = 16, split: str = "train", path=None):
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels):
         ax.imshow(np.clip(image, 0, 255).astype("uint8"))
+        label = np.argmax(label) if np.ndim(label) else label  # mixup / cutmix: one-hot, the largest share
         ax.set_title(data.class_names[int(label)], fontsize=9)
     fig.suptitle(f"{split} batch ({data.image_size}x{data.image_size})")
     return finish(fig, path)

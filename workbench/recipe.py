@@ -11,6 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from workbench import augment as augmentation
 from workbench import checks, pretrained
 from workbench.design import complexity, get_config, resolve_variant
 from workbench.distribute import STRATEGIES, is_chief
@@ -34,8 +35,9 @@ class RecipeError(ValueError):
 
 
 def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, lr, lr_decay,
-                 seed, max_train_images, output_dir, export, data_dir=None, dataset=None,
-                 precision="auto", strategy="auto") -> dict:
+                 seed, max_train_images, output_dir, export, data_dir=None, dataset=None, augment="auto",
+                 ema=False, tta=False, drop_path=0.0, progressive=False, precision="auto",
+                 strategy="auto") -> dict:
     """Validate every recipe parameter before any work; raise RecipeError with one sentence."""
     try:
         checks.one_of("precision", precision, PRECISIONS)
@@ -47,7 +49,13 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
         checks.positive_int("batch_size", batch_size)
         checks.positive_int("epochs", epochs, " (the number of passes over the data)")
         checks.positive_number("lr", lr, " (the head's peak learning rate, e.g. 1e-3)")
-        checks.lr_decay(lr_decay)
+        if lr_decay != "auto":
+            checks.lr_decay(lr_decay)
+        augmentation.parse(augment, "none")
+        for name, value in (("ema", ema), ("tta", tta), ("progressive", progressive)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}.")
+        checks.fraction("drop_path", drop_path, " (stochastic depth rate of the last block, e.g. 0.05)")
         checks.non_negative_int("max_train_images", max_train_images, " (0 = all)")
         checks.integer("seed", seed)
         if unfreeze not in ("auto", "", None):
@@ -129,7 +137,7 @@ def prepare_weights(variant, weights, image_size, default_size):
     return path, size
 
 
-def build_model(variant, weights, num_classes, image_size, dropout=0.0, seed=0):
+def build_model(variant, weights, num_classes, image_size, dropout=0.0, seed=0, drop_path=0.0):
     """(model, pretrained): the recipe's model; says plainly when the pretrained weights are unavailable."""
     shape = (image_size, image_size, 3)
     if is_hub_variant(variant):
@@ -138,7 +146,7 @@ def build_model(variant, weights, num_classes, image_size, dropout=0.0, seed=0):
         return hub_classifier(handle, num_classes, input_shape=shape, dropout=dropout, seed=seed), True
     path = _fetch_or_fallback(variant, weights)
     model = regnet(variant, num_classes=num_classes, weights=path, input_shape=shape, dropout=dropout,
-                   seed=seed)
+                   seed=seed, drop_path_rate=drop_path)
     source = "random initialization" if path is None else f"weights {path}"
     print(f"Model: {variant} from {source}, {model.count_params():,} parameters, "
           f"{num_classes}-class head.")

@@ -340,6 +340,12 @@ def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
     for key in ("feature_cache_speedup", "precision", "strategy"):  # what the run used, when known
         if getattr(result, key, None) is not None:
             metrics[key] = getattr(result, key)
+    for key in ("policy", "evaluation", "progressive"):  # what finetune's training policy did
+        value = getattr(result, key, None)
+        if value:
+            metrics["training_policy" if key == "policy" else key] = value
+    if getattr(result, "evaluation", None):
+        metrics["tta_val_accuracy"] = result.evaluation["tta_val_accuracy"]
     metrics.update(extra or {})
     metrics = _json_safe(metrics)
 

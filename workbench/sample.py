@@ -31,18 +31,24 @@ def source_photo(name: str) -> Image.Image:
     return Image.open(path).convert("RGB")
 
 
-def _crops(image: Image.Image, top: float, bottom: float, count: int, rng) -> list[Image.Image]:
-    """Random square crops (side 64-192 px, clipped to the band) resized to _OUT, random flips/rotations."""
+def crops(image: Image.Image, top: float, bottom: float, count: int, rng, sides=(64, 192), out=_OUT,
+          turn=True) -> list[Image.Image]:
+    """Random square crops from a band of rows (side within `sides`, clipped to the band), resized to
+    `out` (None: as cut), with random quarter turns and flips when `turn`."""
     w, h = image.size
     y0, y1 = int(top * h), int(bottom * h)
-    out = []
+    result = []
     for _ in range(count):
-        side = int(rng.integers(64, min(192, y1 - y0) + 1))
+        side = int(rng.integers(min(sides[0], y1 - y0), min(sides[1], y1 - y0, w) + 1))
         x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(y0, y1 - side + 1))
-        crop = image.crop((x, y, x + side, y + side)).resize((_OUT, _OUT), Image.Resampling.BICUBIC)
-        crop = crop.rotate(90 * int(rng.integers(4)))
-        out.append(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop)
-    return out
+        crop = image.crop((x, y, x + side, y + side))
+        if out:
+            crop = crop.resize((out, out), Image.Resampling.BICUBIC)
+        if turn:
+            crop = crop.rotate(90 * int(rng.integers(4)))
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
+        result.append(crop)
+    return result
 
 
 def sample_dataset(path=None) -> Path:
@@ -56,7 +62,7 @@ def sample_dataset(path=None) -> Path:
         for split, (top, bottom, count) in _SPLITS.items():
             folder = root / split / label
             folder.mkdir(parents=True, exist_ok=True)
-            for i, crop in enumerate(_crops(photo, top, bottom, count, rng)):
+            for i, crop in enumerate(crops(photo, top, bottom, count, rng)):
                 crop.save(folder / f"{label}_{i:03d}.jpg", quality=90)
     (root / ".complete").write_text(_VERSION + "\n")
     return root

@@ -122,27 +122,20 @@ class UnfreezePolicy:
 
 
 def unfreeze_policy(unfreeze="auto", epochs: int = 10, pretrained: bool = True,
-                    lr_decay: float = 2.6) -> UnfreezePolicy:
-    """The unfreezing policy for a run: the user's schedule, or what "auto" means.
+                    lr_decay="auto") -> UnfreezePolicy:
+    """The unfreezing part of `workbench.policy.training_policy`: the user's schedule, or what "auto" means.
 
-    - "auto" (or None, ""), pretrained weights: `default_schedule(epochs)` (the head
-      for about a third of the epochs, then stage by stage from the top).
-    - "auto", random initialization: every stage from epoch 0 ("0:all").
-    - `lr_decay` applies to pretrained weights only: from random initialization
+    - "auto" (or None, ""): every stage from epoch 0 at one rate, pretrained or
+      not: the transfer benchmark's winner (figures in `workbench.policy`).
+    - `lr_decay`: "auto" is 1 with the automatic schedule and 2.6 with a schedule
+      given; it applies to pretrained weights only: from random initialization
       the lower stages hold nothing worth protecting, so every stage trains at
       one rate (lr_decay 1), whatever the schedule.
     """
-    checks.positive_int("epochs", epochs)
-    decay = checks.lr_decay(lr_decay) if pretrained else 1.0
-    if unfreeze not in ("auto", "", None):
-        why = "the schedule given" + ("" if pretrained else "; random initialization: one rate for every stage")
-        parse_schedule(unfreeze)  # refuses a malformed schedule here, before any work
-        text = unfreeze.strip() if isinstance(unfreeze, str) else format_schedule(unfreeze)
-        return UnfreezePolicy(text, decay, why)
-    if not pretrained:
-        return UnfreezePolicy("0:all", 1.0, "random initialization: every stage trains from epoch 0 at one rate")
-    return UnfreezePolicy(format_schedule(default_schedule(epochs)), decay,
-                          "pretrained: the head first, then stage by stage from the top")
+    from workbench.policy import training_policy
+
+    chosen = training_policy(unfreeze, epochs, pretrained, lr_decay, augment="none")
+    return UnfreezePolicy(chosen.unfreeze, chosen.lr_decay, chosen.reason)
 
 
 def format_schedule(schedule) -> str:
