@@ -160,6 +160,24 @@ def test_tfds_unknown_name(tmp_path):
         load_tfds("no_such_dataset_xyz", data_dir=tmp_path, verbose=False)
 
 
+@pytest.mark.parametrize("augment", ["none", "light"])
+def test_training_epochs_depend_on_seed_and_epoch_only(tmp_path, augment):
+    """A run resumed at epoch k trains on the batches an uninterrupted run sees at epoch k."""
+    write_classes(tmp_path, {"a": 10, "b": 10})
+    data = load_folder(tmp_path, image_size=32, batch_size=8, val_split=0.2, seed=0, augment=augment,
+                       verbose=False)
+    steps = 2  # 16 training images, batches of 8
+
+    def epochs(seed, first_epoch, n):
+        return [x.numpy() for x, _ in data.training(seed, first_epoch).take(n * steps)]
+
+    from_start, resumed = epochs(0, 0, 3), epochs(0, 2, 1)
+    for a, b in zip(from_start[2 * steps:], resumed):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(from_start[0], from_start[steps])  # each epoch its own order
+    assert not np.array_equal(epochs(1, 2, 1)[0], resumed[0])     # another seed, other batches
+
+
 # ------------------------------------------------------------------ sample + plots
 
 def test_sample_dataset_is_real_offline_and_idempotent(tmp_path):
