@@ -103,6 +103,10 @@ def test_unfreeze_policy():
     given = unfreeze_policy("0:head,2:all", 9, pretrained=False)
     assert given.schedule == "0:head,2:all" and given.lr_decay == 1.0
     assert "0:head,2:all" in str(given)
+    auto = wb.training_policy("auto", 9, pretrained=True)  # resolved again, as the recipes do: same reason
+    again = wb.training_policy(auto.unfreeze, 9, pretrained=True, lr_decay=auto.lr_decay)
+    assert again == auto and "full fine-tuning" in again.reason
+    assert wb.training_policy("0:all", 9, pretrained=True).lr_decay == 2.6  # a schedule given, decay auto
     with pytest.raises(ValueError, match="unknown stage"):
         unfreeze_policy("0:hed", 9)
 

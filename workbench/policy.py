@@ -131,8 +131,10 @@ def training_policy(unfreeze="auto", epochs: int = 10, pretrained: bool = True, 
     schedule, decay, why = auto_unfreeze(epochs, pretrained, num_train)
     if unfreeze not in ("auto", "", None):
         parse_schedule(unfreeze)  # refuses a malformed schedule before any work
-        schedule = unfreeze.strip() if isinstance(unfreeze, str) else format_schedule(unfreeze)
-        decay, why = SCHEDULE_DECAY, "the schedule given"
+        given = unfreeze.strip() if isinstance(unfreeze, str) else format_schedule(unfreeze)
+        resolved = given == schedule and lr_decay != "auto" and checks.lr_decay(lr_decay) == decay
+        if not resolved:  # (a policy already resolved, as the recipes pass it, keeps its reason)
+            schedule, decay, why = given, SCHEDULE_DECAY, "the schedule given"
     if lr_decay != "auto":
         decay = checks.lr_decay(lr_decay)
     if not pretrained and decay != 1.0:
