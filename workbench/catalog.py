@@ -8,7 +8,7 @@ import tensorflow as tf
 from workbench import augment as augmentation
 from workbench.data import (DatasetUnavailableError, ImageData, check_loader_args, class_counts, error_reason,
                             pipelines, stratified_split, subsample)
-from workbench.policy import auto_augment
+from workbench.policy import AUTO_AUGMENT
 from workbench.network import looks_offline
 
 
@@ -84,7 +84,7 @@ def load_tfds(name: str, image_size: int = 224, batch_size: int = 32, val_split:
     keep_mask[keep] = True
     train_src = _select(train_src, keep_mask)
 
-    augment = augmentation.parse(augment, auto_augment(len(keep), image_size))
+    augment = augmentation.parse(augment, AUTO_AUGMENT)
     make_train, val, plain = pipelines(train_src, val_src, len(keep), image_size, batch_size, seed,
                                        augment, cache, len(class_names))
     data = ImageData(make_train(seed), val, class_names, class_counts(labels[keep], class_names),

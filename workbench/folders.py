@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from workbench import augment as augmentation
 from workbench.data import (ImageData, cache_root, check_loader_args, class_counts, decode_raw, decode_side,
                             error_reason, pipelines, stratified_split, subsample)
-from workbench.policy import auto_augment
+from workbench.policy import AUTO_AUGMENT
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Formats tf.io.decode_image reads exactly like PIL; anything else is converted.
@@ -163,7 +163,7 @@ def load_folder(folder, image_size: int = 224, batch_size: int = 32, val_split: 
     def source(p, y):
         return tf.data.Dataset.from_tensor_slices((p, y)).map(lambda f, t: (tf.io.read_file(f), t))
 
-    augment = augmentation.parse(augment, auto_augment(len(paths), image_size))
+    augment = augmentation.parse(augment, AUTO_AUGMENT)
     make_train, val, plain = pipelines(source(paths, labels), source(val_paths, val_labels), len(paths),
                                        image_size, batch_size, seed, augment, cache, len(class_names))
     data = ImageData(make_train(seed), val, class_names, class_counts(labels, class_names),

@@ -97,18 +97,13 @@ class TrainingPolicy:
                 f"tta {self.tta}, progressive {self.progressive}, bn_refresh {self.bn_refresh} ({self.reason})")
 
 
-def auto_unfreeze(epochs: int, pretrained: bool, num_train: int | None = None) -> tuple[str, float, str]:
+def auto_unfreeze(epochs: int, pretrained: bool) -> tuple[str, float, str]:
     """(schedule, lr_decay, why) of unfreeze="auto": every stage from epoch 0 at one rate (see module doc)."""
     checks.positive_int("epochs", epochs)
     if not pretrained:
         return "0:all", 1.0, "random initialization: every stage trains from epoch 0 at one rate"
     return "0:all", 1.0, ("pretrained: full fine-tuning, every stage from epoch 0 at one rate "
                           "(won the transfer benchmark against staged unfreezing and discriminative rates)")
-
-
-def auto_augment(num_train: int | None = None, image_size: int | None = None, pretrained=None) -> str:
-    """What augment="auto" means: AUTO_AUGMENT whatever the data size, image size or weights (see module doc)."""
-    return AUTO_AUGMENT
 
 
 def _flag(name, value) -> bool:
@@ -128,7 +123,7 @@ def training_policy(unfreeze="auto", epochs: int = 10, pretrained: bool = True, 
     initialization) or a bool. The figures behind each rule are in this module's docstring.
     """
     from workbench.unfreeze import format_schedule, parse_schedule
-    schedule, decay, why = auto_unfreeze(epochs, pretrained, num_train)
+    schedule, decay, why = auto_unfreeze(epochs, pretrained)
     if unfreeze not in ("auto", "", None):
         parse_schedule(unfreeze)  # refuses a malformed schedule before any work
         given = unfreeze.strip() if isinstance(unfreeze, str) else format_schedule(unfreeze)
@@ -140,7 +135,7 @@ def training_policy(unfreeze="auto", epochs: int = 10, pretrained: bool = True, 
     if not pretrained and decay != 1.0:
         decay, why = 1.0, why + "; random initialization: one rate for every stage"
     aug = augmentation.parse(augment if augment is not None else "auto",
-                             auto_augment(num_train, image_size, pretrained))
+                             AUTO_AUGMENT)
     refresh = (not pretrained) if bn_refresh == "auto" else _flag("bn_refresh", bn_refresh)
     return TrainingPolicy(schedule, decay, aug, _flag("ema", ema), _flag("tta", tta),
                           _flag("progressive", progressive), refresh, why)
