@@ -1,13 +1,34 @@
-"""Shared test fixtures: the tiny RegNet, image folders written with PIL, TFDS-format datasets."""
+"""Shared test fixtures: the tiny RegNet, image folders written with PIL, TFDS-format datasets, a loopback Hub."""
 
 import numpy as np
 import pytest
+from hub_mirror import HubMirror
 from PIL import Image
 
 import workbench as wb
 
 # The tiny model of the tests: a real RegNetY (4 stages, 8 blocks, grouped convs, SE), ~0.1 M parameters.
 TINY = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25, name="tiny_regnety")
+
+
+# Logits of ours and of timm on the same weights, in float32: TF and PyTorch round ~100 layers
+# differently, measured up to 2.3e-4 (RegNetX-400MF) on image-dependent logits of order 1
+# (`torch_reference.perturb`). In float64 they agree to ~1e-13 (`float64_outputs`): what is left in
+# float32 is rounding, not the model.
+FLOAT32_ATOL = 5e-4
+
+
+def float64_outputs(variant, weights, images):
+    """(feature maps before pooling, logits) of our model in float64, on float32 weights from a file."""
+    import keras
+
+    keras.config.set_dtype_policy("float64")
+    try:
+        model = wb.regnet(variant, weights=weights, classifier_activation=None, input_shape=(None, None, 3))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    both = keras.Model(model.input, [model.get_layer("head_pool").input, model.output])
+    return tuple(t.numpy() for t in both(images.astype("float64")))
 
 
 def tiny_regnet(num_classes=3, size=32, seed=0, **kwargs):
@@ -18,6 +39,23 @@ def tiny_regnet(num_classes=3, size=32, seed=0, **kwargs):
 @pytest.fixture
 def tiny_model():
     return tiny_regnet()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A loopback Hub as HF_ENDPOINT and an empty Hugging Face cache in HF_HOME."""
+    mirror = HubMirror()
+    monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield mirror
+    mirror.stop()
+
+
+def downloads(mirror):
+    """The file requests of the mirror's log (huggingface_hub may add telemetry requests of its own)."""
+    return [line for line in mirror.log if "/resolve/" in line]
 
 
 def photo(seed: int, size=(80, 60)) -> Image.Image:

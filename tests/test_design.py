@@ -2,8 +2,10 @@
 import pytest
 from conftest import TINY
 
-from workbench.design import (CONFIGS, PUBLISHED, VARIANTS, RegNetConfig, complexity,
-                              generate_regnet, resolve_variant)
+from workbench.design import (CONFIGS, PUBLISHED, PUBLISHED_SIZE, VARIANTS, RegNetConfig,
+                              RegNetZConfig, complexity, generate_regnet, resolve_variant)
+
+Z = ("regnetz_b16", "regnetz_c16", "regnetz_d8", "regnetz_d32", "regnetz_e8", "regnetz_040", "regnetz_040_h")
 
 
 def test_every_paper_size_of_both_families_is_named():
@@ -11,13 +13,13 @@ def test_every_paper_size_of_both_families_is_named():
              "12gf", "16gf", "32gf"]
     extra = {"regnetx_400mf_tv", "regnety_800mf_tv", "regnety_8gf_tv",     # timm's torchvision-shaped
              "regnety_64gf", "regnety_128gf", "regnety_256gf"}             # the SEER sizes
-    assert set(VARIANTS) == {f"regnet{f}_{s}" for f in "xy" for s in sizes} | extra
+    assert set(VARIANTS) == {f"regnet{f}_{s}" for f in "xy" for s in sizes} | extra | set(Z)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_complexity_matches_published_table(name):
     gf, mparams = PUBLISHED[name]
-    cx = complexity(CONFIGS[name])
+    cx = complexity(CONFIGS[name], PUBLISHED_SIZE.get(name, 224))
     assert cx["flops"] / 1e9 == pytest.approx(gf, rel=0.02)
     assert cx["params"] / 1e6 == pytest.approx(mparams, rel=0.02)
 
@@ -77,7 +79,34 @@ def test_x_aliases_and_gf_spellings():
     assert resolve_variant("1.6GF") == "regnety_1.6gf"
 
 
+def test_regnetz_stages_blocks_and_stems():
+    d8, b16, z040 = CONFIGS["regnetz_d8"], CONFIGS["regnetz_b16"], CONFIGS["regnetz_040"]
+    assert d8.stem_widths() == (24, 32, 64) and b16.stem_widths() == (32,)
+    assert [s["stride"] for s in d8.stages()] == [1, 2, 2, 2]       # the tiered stem strides 4
+    assert [s["stride"] for s in b16.stages()] == [2, 2, 2, 2]
+    first = d8.blocks()[0]     # ByobNet: expansion and SE width from the block input, rounded to 8
+    assert (first["w_in"], first["w_mid"], first["groups"], first["w_se"], first["se_act"]) == (64, 256, 32, 64, "relu")
+    # timm's regnetz_040 (its RegNet class): widths from the design-space rule, expansion of the block output.
+    assert (z040.depths, z040.widths) == ((2, 6, 14, 6), (48, 104, 240, 528))
+    first = z040.blocks()[0]
+    assert (first["w_mid"], first["groups"], first["w_se"], first["se_act"]) == (192, 24, 8, "silu")
+    assert (b16.features, z040.features, CONFIGS["regnetz_040_h"].features) == (1536, 528, 1536)
+    with pytest.raises(ValueError, match="tiered"):
+        RegNetZConfig(depths=(1, 1, 1, 1), widths=(8, 16, 24, 32), group_width=8, bottleneck_ratio=4.0, stem="7x7")
+    with pytest.raises(ValueError, match="4 stages"):
+        RegNetZConfig(depths=(1, 1, 1), widths=(8, 16, 24), group_width=8, bottleneck_ratio=4.0)
+
+
+@pytest.mark.parametrize("alias,name", [("regnetz_b16", "regnetz_b16"), ("RegNetZ-D8", "regnetz_d8"),
+                                        ("regnetzd32", "regnetz_d32"), ("regnetz_040h", "regnetz_040_h")])
+def test_regnetz_aliases(alias, name):
+    assert resolve_variant(alias) == name
+
+
 def test_unknown_variant_names_the_closest():
+    with pytest.raises(ValueError, match="regnetz_d8") as err:
+        resolve_variant("regnetz_d9")
+    assert "Valid variants" in str(err.value)
     with pytest.raises(ValueError, match="regnety_600mf") as err:
         resolve_variant("regnety_6000mf")
     assert "Valid variants" in str(err.value)

@@ -29,6 +29,9 @@ def _check_tour(out: Path):
     assert summary["params"] > 1e6 and summary["custom_params"] > 0
     y200 = summary["complexity"]["regnety_200mf"]
     assert abs(y200["gf"] - y200["paper_gf"]) < 0.02 and abs(y200["mparams"] - y200["paper_mparams"]) < 0.1
+    z, y = summary["z_vs_y"]["regnetz_b16"], summary["z_vs_y"]["regnety_1.6gf"]
+    assert abs(z["gf"] / y["gf"] - 1) < 0.2 and z["features"] == 1536 and z["logits_shape"] == y["logits_shape"]
+    assert z["top1"] == 80.728 and summary["complexity"]["regnetz_d8"]["px"] == 256
     for name in ("widths.png", "complexity.png", "predictions.png", "regnety002.h5"):
         assert (out / name).stat().st_size > 1000, name
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from hub_mirror import HubMirror
+from conftest import FLOAT32_ATOL, downloads
 from safetensors.numpy import save
 
 import workbench as wb
@@ -50,29 +50,12 @@ def y200():
     return model, save(timm_state_dict(model))
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A loopback Hub as HF_ENDPOINT and an empty Hugging Face cache in HF_HOME."""
-    mirror = HubMirror()
-    monkeypatch.setenv("HF_ENDPOINT", mirror.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    yield mirror
-    mirror.stop()
-
-
-def downloads(mirror):
-    """The file requests of the mirror's log (huggingface_hub may add telemetry requests of its own)."""
-    return [line for line in mirror.log if "/resolve/" in line]
-
-
 # ---------------------------------------------------------------- the table
 
 def test_table_covers_every_timm_regnet_checkpoint_once():
     rows = pretrained.table()
     hub = [r for r in rows if r.hub_id]
-    assert len(hub) == 61 and len(rows) - len(hub) == 24           # timm's RegNetX/Y tags, keras.applications
+    assert len(hub) == 68 and len(rows) - len(hub) == 24      # timm's RegNetX/Y/Z tags, keras.applications
     assert len({(r.variant, r.tag) for r in rows}) == len(rows)
     assert {r.variant for r in rows} == set(VARIANTS)
     assert all(r.file == "model.safetensors" and r.revision for r in hub)
@@ -83,7 +66,8 @@ def test_table_covers_every_timm_regnet_checkpoint_once():
 @pytest.mark.parametrize("variant,tag,top1", [
     ("regnety_200mf", "pycls_in1k", 70.278), ("regnety_600mf", "pycls_in1k", 75.27),
     ("regnety_1.6gf", "tv2_in1k", 80.668), ("regnety_4gf", "ra3_in1k", 83.044),
-    ("regnety_32gf", "tv2_in1k", 83.162), ("regnety_800mf_tv", "tv2_in1k", 78.674)])
+    ("regnety_32gf", "tv2_in1k", 83.162), ("regnety_800mf_tv", "tv2_in1k", 78.674),
+    ("regnetz_e8", "ra3_in1k", 85.036)])
 def test_imagenet_is_the_best_commercially_licensed_in1k_checkpoint(variant, tag, top1):
     info = pretrained.resolve(get_config(variant), "imagenet")
     assert (info.tag, info.top1, info.num_classes) == (tag, top1, 1000)
@@ -236,11 +220,11 @@ def test_torchvision_shaped_variants_match_timm_on_hub_weights(variant, arch, tv
     ref = tv_reference / arch
     hub.put(f"timm/{arch}.tv2_in1k", "model.safetensors", (ref / f"{arch}.safetensors").read_bytes())
     ours = wb.regnet(variant, weights="tv2", classifier_activation=None, input_shape=(160, 160, 3))
-    expected = np.load(ref / "logits.npy")
-    got = ours.predict(np.load(ref / "images.npy"), verbose=0)
+    expected = np.load(ref / "logits_160x160.npy")
+    got = ours(np.load(ref / "images_160x160.npy"), training=False).numpy()
     print(f"{variant} (tv2 via loopback Hub): max |ours - timm| = {np.abs(got - expected).max():.2e}")
     print("request log:", downloads(hub))
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=FLOAT32_ATOL, rtol=0)
 
 
 @needs_timm

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
+from conftest import FLOAT32_ATOL, float64_outputs
 from workbench import weights as wio
 
 KERAS_REFERENCE = [("regnety_200mf", "RegNetY002"), ("regnety_400mf", "RegNetY004"),
@@ -74,10 +75,16 @@ def test_timm_and_pycls_state_dicts_give_identical_logits(variant, arch, flavor,
     ref = torch_reference / arch
     ours = wb.regnet(variant, weights=ref / f"{arch}.{flavor}", classifier_activation=None,
                      input_shape=(160, 160, 3))
-    expected = np.load(ref / "logits.npy")
-    got = ours.predict(np.load(ref / "images.npy"), verbose=0)
-    print(f"{variant} ({flavor}): max |ours - timm| = {np.abs(got - expected).max():.2e}")
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    expected = np.load(ref / "logits_160x160.npy")
+    got = ours(np.load(ref / "images_160x160.npy"), training=False).numpy()
+    print(f"{variant} ({flavor}): max |ours - timm| = {np.abs(got - expected).max():.2e} "
+          f"(logits up to {np.abs(expected).max():.1f})")
+    np.testing.assert_allclose(got, expected, atol=FLOAT32_ATOL, rtol=0)
+    features, logits = float64_outputs(variant, ref / f"{arch}.{flavor}", np.load(ref / "images_160x160.npy"))
+    print(f"  float64: features {np.abs(features - np.load(ref / 'features64_160x160.npy')).max():.1e}, "
+          f"logits {np.abs(logits - np.load(ref / 'logits64_160x160.npy')).max():.1e}")
+    np.testing.assert_allclose(features, np.load(ref / "features64_160x160.npy"), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(logits, np.load(ref / "logits64_160x160.npy"), atol=1e-9, rtol=0)
 
 
 def test_new_head_for_other_class_counts(y200_h5):

@@ -7,7 +7,7 @@ from workbench.catalog import load_tfds  # noqa: E402
 from workbench.contract import STAGES, feature_extractor, outputs_logits, stage_layers  # noqa: E402
 from workbench.data import DatasetUnavailableError, ImageData, cache_root  # noqa: E402
 from workbench.distribute import make_strategy  # noqa: E402
-from workbench.design import VARIANTS, RegNetConfig, complexity, resolve_variant  # noqa: E402
+from workbench.design import VARIANTS, RegNetConfig, RegNetZConfig, complexity, resolve_variant  # noqa: E402
 from workbench.export import export, export_all  # noqa: E402
 from workbench.finetune import FinetuneResult, finetune  # noqa: E402
 from workbench.folders import load_folder  # noqa: E402
@@ -27,7 +27,7 @@ from workbench.unfreeze import (GradualUnfreezing, UnfreezePolicy, default_sched
                                 parse_schedule, unfreeze_policy)
 
 __all__ = [
-    "VARIANTS", "STAGES", "RegNetConfig", "complexity", "regnet", "resolve_variant", "stage_layers",
+    "VARIANTS", "STAGES", "RegNetConfig", "RegNetZConfig", "complexity", "regnet", "resolve_variant", "stage_layers",
     "feature_extractor", "outputs_logits", "list_weights", "WeightsUnavailableError",
     "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_tfds",
     "sample_dataset", "show_batch", "plot_class_distribution",

@@ -1,4 +1,4 @@
-"""The RegNet model in Keras 3: stem, four stages of X or Y blocks, head.
+"""The RegNet model in Keras 3: stem, four stages of X, Y or Z blocks, head.
 
 A functional `keras.Model` whose layers are named `<stage>_...` as the
 model contract (`workbench.contract`) says, so `stage_layers(model, "stage3")`
@@ -14,7 +14,7 @@ import keras
 
 from workbench import checks
 from workbench.contract import CLASSIFIER, DROPOUT, FEATURES
-from workbench.design import RegNetConfig, get_config
+from workbench.design import RegNetConfig, RegNetZConfig, get_config
 from workbench.layers import BatchNorm, GroupConv2D
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,10 +22,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # How a set of weights was trained: input normalization and stride-2 padding.
 # keras.applications: x / 255 and TF "same" padding (asymmetric on even sizes);
-# pycls / timm: ImageNet mean/std and symmetric padding of 1, as in PyTorch.
+# pycls / timm: ImageNet mean/std and symmetric padding of 1, as in PyTorch; "half": mean and std 0.5
+# with PyTorch's padding (timm's RegNetZ B/C/D/E).
 CONVENTIONS = {
     "keras": dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), symmetric_padding=False),
     "torch": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, symmetric_padding=True),
+    "half": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), symmetric_padding=True),
 }
 
 
@@ -102,6 +104,20 @@ def _conv1x1(x, filters, seed, name, stride=1, **kwargs):
                                **{"use_bias": False, **kwargs})(x)
 
 
+def _se(y, w_se, w_b, act, seed, name):
+    """Squeeze-and-excitation on `y` (w_b channels) through w_se channels."""
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(y)
+    s = _conv1x1(s, w_se, seed, f"{name}_se_reduce", activation=act, use_bias=True)
+    s = _conv1x1(s, w_b, seed, f"{name}_se_expand", activation="sigmoid", use_bias=True)
+    return keras.layers.Multiply(name=f"{name}_se_scale")([y, s])
+
+
+def _drop_path(y, rate, seed, name):
+    if not rate:
+        return y
+    return DropPath(rate, seed=layer_seed(seed, f"{name}_drop_path"), name=f"{name}_drop_path")(y)
+
+
 def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symmetric, seed, name,
            drop_path=0.0):
     """Residual bottleneck block: X block, or Y block when se_ratio > 0; `drop_path`: stochastic depth rate."""
@@ -114,17 +130,65 @@ def _block(x, w_in, w_out, stride, group_width, bottleneck_ratio, se_ratio, symm
     y = _conv3x3(y, w_b, stride, w_b // group_width, symmetric, seed, f"{name}_conv2")
     y = keras.layers.ReLU(name=f"{name}_relu2")(_bn(f"{name}_bn2")(y))
     if se_ratio:
-        w_se = int(round(w_in * se_ratio))
-        s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(y)
-        s = _conv1x1(s, w_se, seed, f"{name}_se_reduce", activation="relu", use_bias=True)
-        s = _conv1x1(s, w_b, seed, f"{name}_se_expand", activation="sigmoid", use_bias=True)
-        y = keras.layers.Multiply(name=f"{name}_se_scale")([y, s])
+        y = _se(y, int(round(w_in * se_ratio)), w_b, "relu", seed, name)
     y = _conv1x1(y, w_out, seed, f"{name}_conv3")
-    y = _bn(f"{name}_bn3")(y)
-    if drop_path:
-        y = DropPath(drop_path, seed=layer_seed(seed, f"{name}_drop_path"), name=f"{name}_drop_path")(y)
+    y = _drop_path(_bn(f"{name}_bn3")(y), drop_path, seed, name)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _silu(x, name):
+    return keras.layers.Activation("silu", name=name)(x)
+
+
+def _z_block(x, b, symmetric, seed, drop_path=0.0):
+    """Z block (see `RegNetZConfig`): expand, grouped 3x3, SE, project; linear output, shortcut if shapes match."""
+    name = b["name"]
+    y = _silu(_bn(f"{name}_bn1")(_conv1x1(x, b["w_mid"], seed, f"{name}_conv1")), f"{name}_act1")
+    y = _conv3x3(y, b["w_mid"], b["stride"], b["groups"], symmetric, seed, f"{name}_conv2")
+    y = _silu(_bn(f"{name}_bn2")(y), f"{name}_act2")
+    y = _se(y, b["w_se"], b["w_mid"], b["se_act"], seed, name)
+    y = _bn(f"{name}_bn3")(_conv1x1(y, b["w_out"], seed, f"{name}_conv3"))
+    if b["stride"] != 1 or b["w_in"] != b["w_out"]:
+        # No shortcut where the shape changes (timm's downsample=''), and so no stochastic depth: as
+        # timm's RegNet class; its ByobNet would drop the block's whole output there.
+        return y
+    return keras.layers.Add(name=f"{name}_add")([_drop_path(y, drop_path, seed, name), x])
+
+
+def _drop_rates(total, rate):
+    """timm's stochastic-depth rule: block i of n drops with rate * i / (n - 1)."""
+    return [rate * i / max(total - 1, 1) for i in range(total)]
+
+
+def _xy_body(x, config, symmetric, seed, drop_path_rate):
+    """Stem and four stages of X or Y blocks."""
+    x = _conv3x3(x, 32, 2, 1, symmetric, seed, "stem_conv")
+    x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
+    w_in, stages = 32, config.stages()
+    rates = iter(_drop_rates(sum(st["depth"] for st in stages), drop_path_rate))
+    for s, st in enumerate(stages, start=1):
+        for b in range(st["depth"]):
+            x = _block(x, w_in, st["width"], 2 if b == 0 else 1, st["group_width"],
+                       st["bottleneck_ratio"], config.se_ratio, symmetric, seed,
+                       f"stage{s}_block{b + 1}", drop_path=next(rates))
+            w_in = st["width"]
+    return x
+
+
+def _z_body(x, config, symmetric, seed, drop_path_rate):
+    """Stem ("3x3" or "tiered"), four stages of Z blocks and the final 1x1 conv (in stage 4, as timm's features)."""
+    widths = config.stem_widths()
+    for i, w in enumerate(widths):
+        suffix = str(i + 1) if len(widths) > 1 else ""
+        x = _conv3x3(x, w, 2 if i in (0, 2) else 1, 1, symmetric, seed, f"stem_conv{suffix}")
+        x = _silu(_bn(f"stem_bn{suffix}")(x), f"stem_act{suffix}")
+    blocks = config.blocks()
+    for b, rate in zip(blocks, _drop_rates(len(blocks), drop_path_rate)):
+        x = _z_block(x, b, symmetric, seed, drop_path=rate)
+    if config.num_features:
+        x = _bn("stage4_final_bn")(_conv1x1(x, config.num_features, seed, "stage4_final_conv"))
+    return _silu(x, "stage4_final_act")
 
 
 def _check_input_shape(input_shape):
@@ -148,7 +212,7 @@ def classifier_head(x, num_classes, classifier_activation="softmax", dropout=0.0
                               name=CLASSIFIER)(x)
 
 
-def build(config: RegNetConfig, num_classes=1000, input_shape=(224, 224, 3), include_top=True,
+def build(config: RegNetConfig | RegNetZConfig, num_classes=1000, input_shape=(224, 224, 3), include_top=True,
           pooling=None, classifier_activation="softmax", dropout=0.0, convention="keras", name=None,
           seed=0, drop_path_rate=0.0):
     """The Keras model for one point of the design space, randomly initialized from `seed`.
@@ -163,17 +227,8 @@ def build(config: RegNetConfig, num_classes=1000, input_shape=(224, 224, 3), inc
     conv = CONVENTIONS[convention]
     inputs = keras.Input(shape, name="image")
     x = Preprocess(conv["mean"], conv["std"], name="stem_preprocess")(inputs)
-    x = _conv3x3(x, 32, 2, 1, conv["symmetric_padding"], seed, "stem_conv")
-    x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
-    w_in, stages = 32, config.stages()
-    total, i = sum(st["depth"] for st in stages), 0
-    for s, st in enumerate(stages, start=1):
-        for b in range(st["depth"]):
-            rate = drop_path_rate * i / max(total - 1, 1)
-            x = _block(x, w_in, st["width"], 2 if b == 0 else 1, st["group_width"],
-                       st["bottleneck_ratio"], config.se_ratio, conv["symmetric_padding"], seed,
-                       f"stage{s}_block{b + 1}", drop_path=rate)
-            w_in, i = st["width"], i + 1
+    body = _z_body if isinstance(config, RegNetZConfig) else _xy_body
+    x = body(x, config, conv["symmetric_padding"], seed, drop_path_rate)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name=FEATURES)(x)
         x = classifier_head(x, num_classes, classifier_activation, dropout, seed)
@@ -208,9 +263,10 @@ def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=
     config = get_config(variant)
     _check_input_shape(input_shape)
     source = weights_io.open_weights(weights, config, include_top, num_classes)
+    convention = config.convention if isinstance(config, RegNetZConfig) else (
+        source.convention if source else "keras")
     model = build(config, num_classes, input_shape, include_top, pooling, classifier_activation,
-                  dropout, convention=source.convention if source else "keras", name=name, seed=seed,
-                  drop_path_rate=drop_path_rate)
+                  dropout, convention=convention, name=name, seed=seed, drop_path_rate=drop_path_rate)
     if source:
         source.assign(model)
     return model

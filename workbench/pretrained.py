@@ -3,7 +3,8 @@
 `pretrained.csv` (next to this file) has one row per variant and tag. Its figures come from:
 
 - Hub id, native train / test image size, crop fractions, number of classes, license: timm's
-  pretrained configs (`timm/models/regnet.py`, `default_cfgs`, timm 1.0.31).
+  pretrained configs (`timm/models/regnet.py` and, for RegNetZ B/C/D/E, `timm/models/byobnet.py`,
+  `default_cfgs`, timm 1.0.31); convention "half" is their mean = std = 0.5 input.
 - top-1: timm's published ImageNet-1k validation results, `results/results-imagenet.csv` of
   huggingface/pytorch-image-models at commit 0173a139a2c66db3a41ebfe1d8ac4fb02483642e, measured at
   `top1_size` px (the test size). Empty where timm publishes none (ImageNet-12k heads, SEER
@@ -98,9 +99,12 @@ def _variant_name(variant) -> str:
 
 
 def timm_name(variant) -> str:
-    """timm's architecture name: regnety_1.6gf -> regnety_016, regnety_8gf_tv -> regnety_080_tv."""
+    """timm's architecture name: regnety_1.6gf -> regnety_016, regnety_8gf_tv -> regnety_080_tv; RegNetZ as is."""
     from workbench.design import size_code
-    family, size, *tv = _variant_name(variant).split("_")
+    name = _variant_name(variant)
+    if name.startswith("regnetz"):
+        return name
+    family, size, *tv = name.split("_")
     return "_".join([family, size_code(size), *tv])
 
 

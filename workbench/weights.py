@@ -85,6 +85,11 @@ _TIMM_PARTS = {
     "se.fc1": "se_reduce", "se.fc2": "se_expand", "conv3.conv": "conv3", "conv3.bn": "bn3",
     "downsample.conv": "proj_conv", "downsample.bn": "proj_bn",
 }
+_BYOB_PARTS = {  # timm's ByobNet (RegNetZ B/C/D/E)
+    "conv1_1x1.conv": "conv1", "conv1_1x1.bn": "bn1", "conv2_kxk.conv": "conv2", "conv2_kxk.bn": "bn2",
+    "attn.fc1": "se_reduce", "attn.fc2": "se_expand", "conv3_1x1.conv": "conv3", "conv3_1x1.bn": "bn3",
+    "shortcut.conv": "proj_conv", "shortcut.bn": "proj_bn",
+}
 _PYCLS_PARTS = {
     "f.a": "conv1", "f.a_bn": "bn1", "f.b": "conv2", "f.b_bn": "bn2",
     "f.se.f_ex.0": "se_reduce", "f.se.f_ex.2": "se_expand", "f.c": "conv3", "f.c_bn": "bn3",
@@ -311,14 +316,22 @@ def _from_state_dict(path, state, kind):
             continue
         module, _, var = key.rpartition(".")
         m = re.fullmatch(r"s(\d)\.b(\d+)\.(.+)", module)
+        byob = re.fullmatch(r"stages\.(\d)\.(\d+)\.(.+)", module)
+        stem = re.fullmatch(r"stem\.conv(\d)\.(conv|bn)", module)
         if m and m.group(3) in parts:
             layer = f"stage{m.group(1)}_block{m.group(2)}_{parts[m.group(3)]}"
+        elif byob and byob.group(3) in _BYOB_PARTS:
+            layer = f"stage{int(byob.group(1)) + 1}_block{int(byob.group(2)) + 1}_{_BYOB_PARTS[byob.group(3)]}"
         elif module in ("stem.conv", "stem.bn"):
             layer = module.replace(".", "_")
+        elif stem:                                       # the tiered stem: stem.conv1.conv, stem.conv1.bn, ...
+            layer = f"stem_{stem.group(2)}{stem.group(1)}"
+        elif module in ("final_conv.conv", "final_conv.bn"):
+            layer = f"stage4_final_{module.split('.')[1]}"
         elif module == "head.fc":
             layer = CLASSIFIER
         else:
-            raise ValueError(f"{path}: tensor {key!r} is not part of a timm or pycls RegNet.")
+            raise ValueError(f"{path}: tensor {key!r} is not part of a timm or pycls RegNet (X, Y or Z).")
         value = np.asarray(value, dtype=np.float32)
         if var == "weight" and value.ndim == 4:
             value = value.transpose(2, 3, 1, 0)          # (out, in, kh, kw) -> (kh, kw, in, out)

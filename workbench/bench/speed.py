@@ -1,6 +1,7 @@
 """Training and inference speed: the workbench against timm, kimm and tf_keras.applications, in one run.
 
     python -m workbench.bench.speed --variants regnety_200mf,regnety_600mf [--batch 32 --size 224]
+    python -m workbench.bench.speed --variants regnetz_b16,regnetz_d8        # RegNetZ: against timm
 
 Every contender runs in its own process (TensorFlow and PyTorch do not share
 one well), on the same random batch, after warm-up; figures are medians over
@@ -8,7 +9,8 @@ the timed steps. Training is one SGD-with-momentum step on cross-entropy;
 inference is a forward pass in inference mode. The workbench runs in float32
 and in mixed bfloat16, timm in float32 and under `torch.autocast("cpu",
 torch.bfloat16)`; contenders that are not installed (timm, kimm) are skipped
-with a note. Ratios compare each row with timm's best precision on this machine.
+with a note (kimm and tf_keras.applications have no RegNetZ). Ratios compare
+each row with timm's best precision on this machine.
 """
 from __future__ import annotations
 
@@ -131,7 +133,8 @@ def main(argv=None):
     print(f"batch {args.batch}, {args.size}x{args.size}, {os.cpu_count()} CPU cores; img/s, medians; "
           f"each contender in its own process")
     for variant in (resolve_variant(v) for v in args.variants.split(",")):
-        rows = {c: _in_process(c, variant, args.batch, args.size, args.steps) for c in args.contenders.split(",")}
+        rows = {c: (None, "has no RegNetZ") if c in ("kimm", "tf_keras") and variant.startswith("regnetz")
+                else _in_process(c, variant, args.batch, args.size, args.steps) for c in args.contenders.split(",")}
         timm = [r for c, (r, _) in rows.items() if c.startswith("timm") and r]
         best = {k: max(r[k] for r in timm) for k in ("train", "infer")} if timm else None
         print(f"\n{variant:14s} {'train':>8s} {'infer':>8s}" + ("   vs timm's best: train  infer" if best else ""))
