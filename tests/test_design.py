@@ -81,7 +81,7 @@ def test_x_aliases_and_gf_spellings():
 
 def test_regnetz_stages_blocks_and_stems():
     d8, b16, z040 = CONFIGS["regnetz_d8"], CONFIGS["regnetz_b16"], CONFIGS["regnetz_040"]
-    assert d8.stem_widths() == (24, 32, 64) and b16.stem_widths() == (32,)
+    assert d8.stem_convs() == [(24, 2), (32, 1), (64, 2)] and b16.stem_convs() == [(32, 2)]
     assert [s["stride"] for s in d8.stages()] == [1, 2, 2, 2]       # the tiered stem strides 4
     assert [s["stride"] for s in b16.stages()] == [2, 2, 2, 2]
     first = d8.blocks()[0]     # ByobNet: expansion and SE width from the block input, rounded to 8

@@ -90,9 +90,10 @@ class RegNetZConfig:
             raise ValueError(f"{self.name}: RegNetZ needs 4 stages, got depths {self.depths} and "
                              f"widths {self.widths}.")
 
-    def stem_widths(self) -> tuple:
+    def stem_convs(self) -> list[tuple]:
+        """(width, stride) of each 3x3 conv of the stem."""
         w = self.stem_width
-        return (3 * w // 8, w // 2, w) if self.stem == "tiered" else (w,)
+        return [(3 * w // 8, 2), (w // 2, 1), (w, 2)] if self.stem == "tiered" else [(w, 2)]
 
     def stages(self) -> list[dict]:
         """Per stage: width, depth, group width, bottleneck ratio and the stride of its first block."""
@@ -349,8 +350,8 @@ def complexity(config, image_size: int = 224, num_classes: int = 1000) -> dict:
 
 def _complexity_z(cfg, cx, num_classes):
     w_in = 3
-    for i, w in enumerate(cfg.stem_widths()):
-        cx.conv(w_in, w, 3, stride=2 if i in (0, 2) else 1)
+    for w, stride in cfg.stem_convs():
+        cx.conv(w_in, w, 3, stride=stride)
         cx.bn(w)
         w_in = w
     for b in cfg.blocks():

@@ -178,10 +178,10 @@ def _xy_body(x, config, symmetric, seed, drop_path_rate):
 
 def _z_body(x, config, symmetric, seed, drop_path_rate):
     """Stem ("3x3" or "tiered"), four stages of Z blocks and the final 1x1 conv (in stage 4, as timm's features)."""
-    widths = config.stem_widths()
-    for i, w in enumerate(widths):
-        suffix = str(i + 1) if len(widths) > 1 else ""
-        x = _conv3x3(x, w, 2 if i in (0, 2) else 1, 1, symmetric, seed, f"stem_conv{suffix}")
+    convs = config.stem_convs()
+    for i, (w, stride) in enumerate(convs):
+        suffix = str(i + 1) if len(convs) > 1 else ""
+        x = _conv3x3(x, w, stride, 1, symmetric, seed, f"stem_conv{suffix}")
         x = _silu(_bn(f"stem_bn{suffix}")(x), f"stem_act{suffix}")
     blocks = config.blocks()
     for b, rate in zip(blocks, _drop_rates(len(blocks), drop_path_rate)):
