@@ -1,5 +1,7 @@
 """Shared test fixtures: the tiny RegNet, image folders written with PIL, TFDS-format datasets, a loopback Hub."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 from hub_mirror import HubMirror
@@ -10,6 +12,10 @@ import workbench as wb
 # The tiny model of the tests: a real RegNetY (4 stages, 8 blocks, grouped convs, SE), ~0.1 M parameters.
 TINY = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25, name="tiny_regnety")
 
+
+needs_timm = pytest.mark.skipif(
+    importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None,
+    reason="timm/torch not installed (pip install -r requirements-reference.txt)")
 
 # Logits of ours and of timm on the same weights, in float32: TF and PyTorch round ~100 layers
 # differently, measured up to 2.3e-4 (RegNetX-400MF) on image-dependent logits of order 1

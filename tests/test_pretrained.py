@@ -1,5 +1,4 @@
 """Published weights: the table, tags, and downloads from a loopback Hub (HF_ENDPOINT)."""
-import importlib.util
 import json
 import pathlib
 import pickle
@@ -10,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FLOAT32_ATOL, downloads
+from conftest import FLOAT32_ATOL, downloads, needs_timm
 from safetensors.numpy import save
 
 import workbench as wb
@@ -19,9 +18,6 @@ from workbench import weights as wio
 from workbench.contract import CLASSIFIER
 from workbench.design import VARIANTS, complexity, get_config
 
-needs_timm = pytest.mark.skipif(
-    importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None,
-    reason="timm/torch not installed (pip install -r requirements-reference.txt)")
 SMALL = (64, 64, 3)
 Y200 = "timm/regnety_002.pycls_in1k"
 

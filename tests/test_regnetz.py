@@ -1,5 +1,4 @@
 """RegNetZ: timm's parameter counts and logits on the same weights, and the workbench's tools on a Z model."""
-import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FLOAT32_ATOL, downloads, float64_outputs
+from conftest import FLOAT32_ATOL, downloads, float64_outputs, needs_timm
 
 import workbench as wb
 from workbench.contract import feature_extractor
@@ -17,9 +16,6 @@ from workbench.export import export_all
 from workbench.folders import load_folder
 from workbench.sample import sample_dataset
 
-needs_timm = pytest.mark.skipif(
-    importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None,
-    reason="timm/torch not installed (pip install -r requirements-reference.txt)")
 Z = [name for name in CONFIGS if name.startswith("regnetz")]
 WIDE = (192, 256)                        # a non-square size, besides each model's native one
 # One Z of each build: 3x3 stem (ByobNet), tiered stem (ByobNet), timm's RegNet class with a final conv.

@@ -1,5 +1,4 @@
 """Weight import: outputs identical to the reference implementations on the same weights."""
-import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from conftest import FLOAT32_ATOL, float64_outputs
+from conftest import FLOAT32_ATOL, float64_outputs, needs_timm
 from workbench import weights as wio
 
 KERAS_REFERENCE = [("regnety_200mf", "RegNetY002"), ("regnety_400mf", "RegNetY004"),
@@ -17,9 +16,6 @@ KERAS_REFERENCE = [("regnety_200mf", "RegNetY002"), ("regnety_400mf", "RegNetY00
 TIMM_REFERENCE = [("regnety_200mf", "regnety_002"), ("regnety_400mf", "regnety_004"),
                   ("regnety_800mf", "regnety_008"), ("regnetx_200mf", "regnetx_002"),
                   ("regnetx_400mf", "regnetx_004"), ("regnetx_800mf", "regnetx_008")]
-needs_timm = pytest.mark.skipif(
-    importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None,
-    reason="timm/torch not installed (pip install -r requirements-reference.txt)")
 
 
 def keras_reference_h5(cls_name, path, include_top=True):

@@ -81,8 +81,6 @@ class RegNetZConfig:
     convention: str = "half"           # workbench.model.CONVENTIONS: timm's input normalization
     name: str = "regnetz_custom"
 
-    block_type = "Z"
-
     def __post_init__(self):
         if self.stem not in ("3x3", "tiered"):
             raise ValueError(f"{self.name}: stem must be '3x3' or 'tiered', got {self.stem!r}.")
