@@ -20,6 +20,7 @@ TINY = dict(image_size=32, batch_size=4, n_images=3, epochs=1, steps=2, max_trai
 # Per-notebook overrides.
 TINY_FOR = {
     "02_finetuning_walkthrough": dict(epochs=2, unfreeze="0:head,1:stage4", batch_size=6),
+    "04_noisy_student": dict(unlabeled_per_class=20),
 }
 
 
@@ -57,8 +58,20 @@ def _check_speed(out: Path):
     assert (out / "speed.png").stat().st_size > 1000
 
 
+def _check_noisy_student(out: Path):
+    summary = json.loads((out / "noisy.json").read_text())
+    teacher, student = summary["rounds"]
+    assert (teacher["role"], student["role"]) == ("teacher", "student")
+    assert summary["baseline_val_accuracy"] == teacher["val_accuracy"]
+    assert summary["best_val_accuracy"] == max(teacher["val_accuracy"], student["val_accuracy"])
+    pseudo = student["pseudo_labels"]
+    assert pseudo["unlabeled"] == 3 * 20 and pseudo["known"] == 60 and 0 <= pseudo["accuracy_all"] <= 1
+    assert student["train_images"] == 12 + sum(pseudo["kept_per_class"].values())
+    assert (out / "noisy_student.png").stat().st_size > 1000 and (out / "model.keras").exists()
+
+
 CHECKS = {"01_regnet_tour": _check_tour, "02_finetuning_walkthrough": _check_finetune,
-          "03_speed": _check_speed}
+          "03_speed": _check_speed, "04_noisy_student": _check_noisy_student}
 
 
 def _parameters_cell(nb):

@@ -96,12 +96,26 @@ def test_flowers_recipe_on_a_tfds_format_data_dir(tmp_path):
     (dict(augment="flip,zoom"), "Unknown augmentation 'zoom': use 'auto', 'none', 'light', 'strong'"),
     (dict(ema="yes"), "ema must be True or False"),
     (dict(drop_path=1.5), "drop_path must be a number in [0, 1)"),
+    (dict(unlabeled_dir="no/such/unsorted"), "unlabeled_dir='no/such/unsorted' does not exist"),
+    (dict(unlabeled_dir="sample", data_dir="."), "unlabeled_dir='sample' is the sample dataset's"),
 ])
 def test_bad_parameters_stop_in_the_check_cell(tmp_path, params, sentence):
     with pytest.raises(pm.PapermillExecutionError) as err:
         run("custom.ipynb", tmp_path, **params)
     assert err.value.ename == "RecipeError" and sentence in err.value.evalue
     assert err.value.exec_count == 4   # the parameter-checking cell (after papermill's injected one)
+
+
+@pytest.mark.parametrize("params,sentence", [
+    (dict(student_rounds=0), "student_rounds must be a positive integer"),
+    (dict(student_variant="regnety_601mf"), "Unknown RegNet variant 'regnety_601mf'"),
+])
+def test_bad_noisy_student_parameters(params, sentence):
+    base = dict(variant="200mf", weights="none", image_size="auto", batch_size=8, epochs=1, unfreeze="auto",
+                lr=1e-3, lr_decay="auto", seed=0, max_train_images=0, output_dir="out", export="")
+    with pytest.raises(recipe.RecipeError, match=sentence):
+        recipe.check_params(**base, **params)
+    assert recipe.check_params(**base, student_variant="y400mf")["student_variant"] == "regnety_400mf"
 
 
 def test_papermill_exit_status_is_nonzero_on_bad_input(tmp_path):
@@ -142,3 +156,19 @@ def test_custom_recipe_training_policy_parameters(tmp_path):
     assert metrics["progressive"]["sides"] == [40, 48, 64] and metrics["drop_path"] == 0.1
     model = keras.models.load_model(out / "model.keras")
     assert any(layer.name.endswith("_drop_path") for layer in model.layers)
+
+
+def test_custom_recipe_noisy_student_on_the_sample(tmp_path):
+    """unlabeled_dir="sample": a teacher, one student, every round in metrics.json, the figure, the best model."""
+    out = run("custom.ipynb", tmp_path, unlabeled_dir="sample", student_rounds=1, max_train_images=30)
+    metrics = metrics_of(out)
+    noisy = metrics["noisy_student"]
+    teacher, student = noisy["rounds"]
+    assert noisy["baseline_val_accuracy"] == teacher["val_accuracy"] and student["role"] == "student"
+    pseudo = student["pseudo_labels"]
+    assert pseudo["unlabeled"] == 300 and pseudo["known"] == 300 and 0 <= pseudo["accuracy_all"] <= 1
+    assert student["train_images"] == 30 + sum(pseudo["kept_per_class"].values())
+    # the saved model is the best round's: its validation accuracy is the one reported for that round
+    assert metrics["val_accuracy"] == pytest.approx(noisy["best_val_accuracy"])
+    assert (out / "noisy_student.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "noisy_student" / "round1" / "checkpoints").is_dir()

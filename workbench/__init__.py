@@ -21,7 +21,8 @@ from workbench.pretrained import WeightsUnavailableError, list_weights  # noqa: 
 from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,  # noqa: E402
                                plot_lr_schedule, plot_top_losses, plot_training_curves,
                                predict_dataset, write_report)
-from workbench.sample import sample_dataset  # noqa: E402
+from workbench.noisy_student import NoisyStudentResult, noisy_student  # noqa: E402
+from workbench.sample import sample_dataset, sample_unlabeled  # noqa: E402
 from workbench.schedules import OneCycle, WarmupCosine  # noqa: E402
 from workbench.unfreeze import (GradualUnfreezing, UnfreezePolicy, default_schedule,  # noqa: E402
                                 parse_schedule, unfreeze_policy)
@@ -30,7 +31,7 @@ __all__ = [
     "VARIANTS", "STAGES", "RegNetConfig", "RegNetZConfig", "complexity", "regnet", "resolve_variant", "stage_layers",
     "feature_extractor", "outputs_logits", "list_weights", "WeightsUnavailableError",
     "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_tfds",
-    "sample_dataset", "show_batch", "plot_class_distribution",
+    "sample_dataset", "sample_unlabeled", "noisy_student", "NoisyStudentResult", "show_batch", "plot_class_distribution",
     "GradualUnfreezing", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",
     "DiscriminativeOptimizer", "finetune", "training_policy", "TrainingPolicy", "FinetuneResult", "seed_everything",
     "make_strategy",

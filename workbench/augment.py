@@ -125,14 +125,16 @@ def _layers(ops) -> list:
 
 
 def check_labels(labels_spec: tf.TensorSpec, num_classes: int | None, ops) -> None:
-    """mixup / cutmix mix one-hot labels: refuse labels that are not integer class indices."""
+    """mixup / cutmix mix one-hot labels: refuse labels that are neither class indices nor class-probability rows."""
     mixing = [op for op in ops if op in MIXING]
     if not mixing:
         return
-    ok = labels_spec.dtype.is_integer and labels_spec.shape.rank in (0, 1)
+    rows = labels_spec.dtype.is_floating and labels_spec.shape[-1:] == [num_classes]
+    ok = (labels_spec.dtype.is_integer and labels_spec.shape.rank in (0, 1)) or rows
     if not ok or not num_classes:
         raise ValueError(f"{' and '.join(mixing)} mix the labels of two images as one-hot class vectors, so "
-                         f"they need integer class labels (one per image) and the number of classes; got "
+                         f"they need integer class labels (one per image) or class-probability rows, and the "
+                         f"number of classes; got "
                          f"labels of dtype {labels_spec.dtype.name}, shape {labels_spec.shape}"
                          f"{'' if num_classes else ', no class count'}. Use augment without "
                          f"{'/'.join(mixing)} for these labels.")
@@ -141,13 +143,14 @@ def check_labels(labels_spec: tf.TensorSpec, num_classes: int | None, ops) -> No
 def batch_augmenter(augment: Augment, num_classes: int | None, seed: int):
     """(images, labels, batch random int64) -> augmented (images, labels): Keras layers after batching.
 
-    With mixup or cutmix the labels come out one-hot (float32, num_classes wide).
+    With mixup or cutmix the labels come out as rows of class probabilities (float32, num_classes wide):
+    integer labels one-hot, probability rows (soft pseudo-labels) as they are.
     """
     layers = _layers(augment.ops)
     seed = tf.cast(seed, tf.int64)
 
     def apply(images, labels, r):
-        if augment.mixing:
+        if augment.mixing and labels.dtype.is_integer:
             labels = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
         base = tf.stack([r, seed])
         for i, (op, layer) in enumerate(layers):

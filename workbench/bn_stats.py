@@ -41,7 +41,7 @@ def refresh_bn_statistics(model: keras.Model, images: tf.data.Dataset, max_image
                           probe: _Probe | None = None) -> int:
     """Recompute the moving mean and variance of `model`'s trainable BatchNorm layers; returns images used.
 
-    `images`: batches of (images, labels) without augmentation (e.g. `data.train_plain`).
+    `images`: batches of (images, labels) without augmentation (e.g. `data.train_plain`), a dataset or a list.
     """
     probe = probe or _Probe(model)
     if not probe.layers:
@@ -77,10 +77,22 @@ class BNRefresh(keras.callbacks.Callback):
     def __init__(self, images: tf.data.Dataset, max_images: int = MAX_IMAGES, model=None):
         super().__init__()
         self.images, self.max_images, self.target = images, max_images, model
-        self._probe = None
+        self._probe = self._batches = None
+
+    def _first_images(self) -> list:
+        """The first `max_images` images, read once and kept: re-reading them every epoch would decode them
+        again (tf.data drops a cache that was read only in part, with a warning each time)."""
+        if self._batches is None:
+            self._batches, seen = [], 0
+            for x, y in self.images:
+                self._batches.append((x, y))
+                seen += int(x.shape[0])
+                if seen >= self.max_images:
+                    break
+        return self._batches
 
     def on_test_begin(self, logs=None):
         model = self.target or self.model
         if self._probe is None:
             self._probe = _Probe(model)
-        refresh_bn_statistics(model, self.images, self.max_images, self._probe)
+        refresh_bn_statistics(model, self._first_images(), self.max_images, self._probe)

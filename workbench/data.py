@@ -56,6 +56,7 @@ class ImageData:
     make_train: Callable[..., tf.data.Dataset] | None = field(default=None, repr=False)
 
     augment: object = None  # the loader's augmentation (an `augment.Augment`)
+    files: dict | None = field(default=None, repr=False)  # folder data: train paths/labels, loader settings
 
     def training(self, seed: int, first_epoch: int = 0, augment=None) -> tf.data.Dataset:
         """Training batches of epochs `first_epoch`, `first_epoch + 1`, ... (endless), from `seed` alone.
@@ -234,25 +235,15 @@ def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment
     `Augment` (None: the loader's), each epoch a function of (seed, epoch)
     alone, so a resumed run sees the epochs an uninterrupted one would.
     """
-    side = decode_side(image_size)
-    mode = _cache_mode(cache, n_train, side)
+    mode = _cache_mode(cache, n_train, decode_side(image_size))
     default = augment
-
-    def decoded(src, crop):
-        ds = src.map(lambda b, y: ((_center_crop(_decode(b, side), image_size) if crop
-                                    else _decode(b, side)), y), num_parallel_calls=_AUTOTUNE)
-        if mode == "memory":
-            ds = ds.cache()
-        elif mode == "disk":
-            ds = ds.cache(_disk_cache_file())
-        return ds
 
     buffer = max(n_train if mode != "disk" else min(n_train, 2048), 1)
     cached = {}
 
     def train_decoded(crop):
         if crop not in cached:  # decoded once per form: centre-cropped, or whole for random crops
-            cached[crop] = decoded(train_src, crop)
+            cached[crop] = _decoded(train_src, image_size, crop, mode)
         return cached[crop]
 
     def epochs_of(augment, seed):
@@ -279,10 +270,28 @@ def pipelines(train_src, val_src, n_train, image_size, batch_size, seed, augment
         return seeded_epochs(one_epoch, seed, first_epoch, steps_per_epoch(n_train, batch_size))
 
     def plain(src):
-        ds = decoded(src, crop=True).batch(batch_size)
-        return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(_AUTOTUNE)
+        return plain_batches(src, image_size, batch_size, mode)
 
     return make_train, plain(val_src), plain(train_src)
+
+
+def _decoded(src, image_size: int, crop: bool, mode: str = "none") -> tf.data.Dataset:
+    """(encoded bytes, label) -> (uint8 image, label): shorter side to `decode_side`, centre-cropped when
+    `crop`, cached as `mode` says ("memory", "disk" or "none")."""
+    side = decode_side(image_size)
+    ds = src.map(lambda b, y: ((_center_crop(_decode(b, side), image_size) if crop else _decode(b, side)), y),
+                 num_parallel_calls=_AUTOTUNE)
+    if mode == "memory":
+        ds = ds.cache()
+    elif mode == "disk":
+        ds = ds.cache(_disk_cache_file())
+    return ds
+
+
+def plain_batches(src, image_size: int, batch_size: int, mode: str = "none") -> tf.data.Dataset:
+    """(encoded bytes, label) -> batches of (float32 centre crops, label), in order: what evaluation sees."""
+    ds = _decoded(src, image_size, True, mode).batch(batch_size)
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(_AUTOTUNE)
 
 
 # ---------------------------------------------------------------- shared by the loaders
@@ -325,5 +334,8 @@ def subsample(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 
 def class_counts(labels, class_names) -> dict[str, int]:
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    """Images per class; labels are class indices, or class-probability rows (counted by their argmax)."""
+    labels = np.asarray(labels)
+    labels = labels.argmax(-1) if labels.ndim == 2 else labels
+    counts = np.bincount(labels.astype(np.int64), minlength=len(class_names))
     return {c: int(n) for c, n in zip(class_names, counts)}

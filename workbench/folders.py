@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from workbench import augment as augmentation
 from workbench.data import (ImageData, cache_root, check_loader_args, class_counts, decode_raw, decode_side,
-                            error_reason, pipelines, stratified_split, subsample)
+                            error_reason, pipelines, plain_batches, stratified_split, subsample)
 from workbench.policy import AUTO_AUGMENT
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -93,13 +93,18 @@ def _validate(path: Path, short_side: int) -> tuple[Path | None, str]:
         return None, error_reason(err)
 
 
+def _validate_all(files: list[Path], short_side: int) -> list[tuple[Path | None, str]]:
+    """`_validate` of every file, on a few threads (decoding releases the GIL)."""
+    workers = min(8, (os.cpu_count() or 2) * 2)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda path: _validate(path, short_side), files))
+
+
 def _scan_split(folder: Path, class_names: list[str], short_side: int):
     """Validated (paths, labels) of every class under `folder`, and the skipped files."""
     jobs = [(path, label) for label, c in enumerate(class_names)
             if (folder / c).is_dir() for path in _image_files(folder / c)]
-    workers = min(8, (os.cpu_count() or 2) * 2)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda job: _validate(job[0], short_side), jobs))
+    results = _validate_all([path for path, _ in jobs], short_side)
     paths, labels, skipped = [], [], []
     for (path, label), (usable, why) in zip(jobs, results):
         if usable is None:
@@ -160,15 +165,63 @@ def load_folder(folder, image_size: int = 224, batch_size: int = 32, val_split: 
     keep = np.random.default_rng(seed).permutation(keep)  # mix classes in cache order
     paths, labels = [paths[i] for i in keep], labels[keep]
 
-    def source(p, y):
-        return tf.data.Dataset.from_tensor_slices((p, y)).map(lambda f, t: (tf.io.read_file(f), t))
-
     augment = augmentation.parse(augment, AUTO_AUGMENT)
-    make_train, val, plain = pipelines(source(paths, labels), source(val_paths, val_labels), len(paths),
+    make_train, val, plain = pipelines(_source(paths, labels), _source(val_paths, val_labels), len(paths),
                                        image_size, batch_size, seed, augment, cache, len(class_names))
     data = ImageData(make_train(seed), val, class_names, class_counts(labels, class_names),
                      class_counts(val_labels, class_names), image_size, batch_size, skipped, plain, make_train,
-                     augment)
+                     augment, files={"paths": paths, "labels": labels, "seed": seed, "cache": cache})
     if verbose:
         print(data.summary())
     return data
+
+
+def _source(paths, labels) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((paths, labels)).map(lambda f, t: (tf.io.read_file(f), t))
+
+
+def scan_unlabeled(folder, image_size: int) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(files, what to feed the pipeline for each, skipped (file, reason)): the readable images anywhere
+    under `folder`, checked as `load_folder` does (a format TF cannot read exactly is fed converted).
+
+    Raises when the folder is missing or holds no image files at all; files
+    that are all unreadable are returned as skipped (the caller decides).
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Unlabelled-image folder '{root}' does not exist: point it at a folder of "
+                                "images (no class sub-folders needed).")
+    files = _image_files(root)
+    if not files:
+        raise ValueError(f"Unlabelled-image folder '{root}' has no image files (extensions "
+                         f"{', '.join(IMAGE_EXTENSIONS)}): add the images to pseudo-label, or leave it out.")
+    results = _validate_all(files, decode_side(image_size))
+    readable = [(str(f), str(path)) for f, (path, _) in zip(files, results) if path is not None]
+    skipped = [(str(f), why) for f, (path, why) in zip(files, results) if path is None]
+    return [f for f, _ in readable], [p for _, p in readable], skipped
+
+
+def unlabeled_batches(paths: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of (centre crops, file index) of `paths`, in order, decoded as the validation images are."""
+    return plain_batches(_source(paths, np.arange(len(paths))), image_size, batch_size)
+
+
+def with_extra_images(data: ImageData, paths: list[str], label_rows: np.ndarray, augment=None) -> ImageData:
+    """`data` (from `load_folder`) whose training set also holds `paths` with class-probability rows
+    `label_rows` (soft or one-hot); the labelled images become one-hot rows. Same validation set."""
+    if data.files is None:
+        raise ValueError("Adding images to a training set needs data from wb.load_folder (its files are known).")
+    files, k = data.files, data.num_classes
+    own = np.asarray(files["labels"])
+    own = own.astype(np.float32) if own.ndim == 2 else np.eye(k, dtype=np.float32)[own]
+    rows = np.concatenate([own, np.asarray(label_rows, np.float32).reshape(-1, k)])
+    all_paths = list(files["paths"]) + list(paths)
+    order = np.random.default_rng(files["seed"]).permutation(len(all_paths))  # mix them in cache order
+    all_paths, rows = [all_paths[i] for i in order], rows[order]
+    augment = augmentation.parse(augment, AUTO_AUGMENT) if augment is not None else data.augment
+    make_train, _, plain = pipelines(_source(all_paths, rows), _source(tf.constant([], tf.string), np.zeros((0, k), np.float32)),
+                                     len(all_paths), data.image_size, data.batch_size, files["seed"], augment,
+                                     files["cache"], k)
+    return ImageData(make_train(files["seed"]), data.val, data.class_names, class_counts(rows, data.class_names),
+                     data.val_counts, data.image_size, data.batch_size, data.skipped, plain, make_train, augment,
+                     files={**files, "paths": all_paths, "labels": rows})

@@ -37,9 +37,12 @@ class RecipeError(ValueError):
 def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, lr, lr_decay,
                  seed, max_train_images, output_dir, export, data_dir=None, dataset=None, augment="auto",
                  ema=False, tta=False, drop_path=0.0, progressive=False, precision="auto",
-                 strategy="auto") -> dict:
+                 strategy="auto", unlabeled_dir="", student_variant="", student_rounds=1) -> dict:
     """Validate every recipe parameter before any work; raise RecipeError with one sentence."""
     try:
+        checks.positive_int("student_rounds", student_rounds, " (rounds of noisy-student training)")
+        if student_variant and not is_hub_variant(student_variant):
+            student_variant = resolve_variant(student_variant)
         checks.one_of("precision", precision, PRECISIONS)
         checks.one_of("strategy", strategy, STRATEGIES)
         if not is_hub_variant(variant):
@@ -72,6 +75,12 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
     if data_dir is not None and not Path(data_dir).is_dir():
         raise RecipeError(f"data_dir={str(data_dir)!r} does not exist: point it at a folder with one "
                           f"sub-folder of images per class.")
+    if unlabeled_dir == "sample" and data_dir is not None:
+        raise RecipeError("unlabeled_dir='sample' is the sample dataset's unlabelled photos: use it with the "
+                          "sample dataset (data_dir=''), or point unlabeled_dir at your own unlabelled images.")
+    if unlabeled_dir and unlabeled_dir != "sample" and not Path(unlabeled_dir).is_dir():
+        raise RecipeError(f"unlabeled_dir={str(unlabeled_dir)!r} does not exist: point it at a folder of "
+                          f"unlabelled images, or leave it empty for ordinary fine-tuning.")
     if not str(output_dir):
         raise RecipeError("output_dir must name a folder for the results.")
     if dataset is not None and not (isinstance(dataset, str) and dataset):
@@ -85,7 +94,8 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
             pretrained.resolve(get_config(variant), weights)
         except ValueError as e:
             raise RecipeError(str(e)) from None
-    return dict(variant=variant, weights=weights, export=formats, output_dir=Path(output_dir))
+    return dict(variant=variant, weights=weights, export=formats, output_dir=Path(output_dir),
+                student_variant=student_variant or variant)
 
 
 def _fetch_or_fallback(variant, weights):
@@ -151,6 +161,29 @@ def build_model(variant, weights, num_classes, image_size, dropout=0.0, seed=0, 
     print(f"Model: {variant} from {source}, {model.count_params():,} parameters, "
           f"{num_classes}-class head.")
     return model, path is not None
+
+
+def noisy_student(p, model, data, weights, image_size, unlabeled_dir, rounds, epochs, seed, **finetune_kwargs):
+    """The custom recipe's noisy-student run: `model` (fresh) is the teacher; students are
+    `p["student_variant"]` with the same weights tag, built fresh each round with their noise; with `tta`
+    the teacher's pseudo-labels average test-time views too. `unlabeled_dir="sample"`: the sample's
+    unlabelled photos, whose true classes are then reported."""
+    from workbench.noisy_student import noisy_student as train
+    from workbench.sample import sample_truth, sample_unlabeled
+    folder, truth = unlabeled_dir, None
+    if unlabeled_dir == "sample":
+        folder = sample_unlabeled()
+        truth = sample_truth(folder)
+    student_weights = weights if p["student_variant"] == p["variant"] else _fetch_or_fallback(
+        p["student_variant"], p["weights"])
+
+    def student(dropout=0.0, drop_path_rate=0.0):
+        return build_model(p["student_variant"], student_weights, data.num_classes, image_size, dropout=dropout,
+                           seed=seed, drop_path=drop_path_rate)[0]
+
+    return train(data, folder, lambda: model, student, rounds=rounds, epochs=epochs, seed=seed, truth=truth,
+                 teacher_tta=finetune_kwargs.get("tta", False), output_dir=p["output_dir"] / "noisy_student",
+                 **finetune_kwargs)
 
 
 def summary(metrics: dict, output_dir) -> str:

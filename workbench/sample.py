@@ -9,6 +9,7 @@ bottom quarter, so the two splits never share pixels.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,35 @@ def crops(image: Image.Image, top: float, bottom: float, count: int, rng, sides=
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
         result.append(crop)
     return result
+
+
+def sample_unlabeled(path=None, per_class: int = 100) -> Path:
+    """Write the sample's unlabelled images once and return their folder: `per_class` further crops of each
+    photo's training band (never its validation band), shuffled into one folder without class sub-folders.
+
+    Their true classes are in the folder's `_truth.json` ({file name: class}), which the image scan
+    ignores: it lets a run report how accurate its pseudo-labels were.
+    """
+    root = Path(path).expanduser() if path else cache_root() / "sample" / f"{_VERSION}-unlabeled-{per_class}"
+    if (root / ".complete").exists():
+        return root
+    rng = np.random.default_rng(1)
+    top, bottom, _ = _SPLITS["train"]
+    images = [(label, crop) for label in CLASSES for crop in crops(source_photo(label), top, bottom, per_class, rng)]
+    root.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for i, j in enumerate(rng.permutation(len(images))):
+        label, crop = images[j]
+        crop.save(root / f"photo_{i:04d}.jpg", quality=90)
+        truth[f"photo_{i:04d}.jpg"] = label
+    (root / "_truth.json").write_text(json.dumps(truth, indent=0) + "\n")
+    (root / ".complete").write_text(_VERSION + "\n")
+    return root
+
+
+def sample_truth(folder) -> dict[str, str]:
+    """{file name: class} of `sample_unlabeled`'s images."""
+    return json.loads((Path(folder) / "_truth.json").read_text())
 
 
 def sample_dataset(path=None) -> Path:

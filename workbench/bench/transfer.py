@@ -162,11 +162,12 @@ def pretrain(folder: Path, augment: str):
     return r.model, r.history["val_accuracy"][-1], time.perf_counter() - t0
 
 
-def transfer_model(source, num_classes: int, pretrained: bool):
-    """A fresh model for the target classes, its backbone copied from `source` when `pretrained`."""
+def transfer_model(source, num_classes: int, pretrained: bool, **noise):
+    """A fresh model for the target classes, its backbone copied from `source` when `pretrained`;
+    `noise`: `dropout` and `drop_path_rate` of `wb.regnet`."""
     import workbench as wb
     from workbench.contract import stage_of
-    model = wb.regnet(config(), num_classes=num_classes, input_shape=(SIZE, SIZE, 3), seed=1)
+    model = wb.regnet(config(), num_classes=num_classes, input_shape=(SIZE, SIZE, 3), seed=1, **noise)
     if pretrained:
         for layer in source.layers:
             if stage_of(layer.name) not in (None, "head") and layer.weights:
