@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench.bench.transfer import config
 from workbench.folders import with_extra_images
 from workbench.noisy_student import _Predictor, select
 from workbench.sample import sample_truth

@@ -116,6 +116,9 @@ def test_bad_noisy_student_parameters(params, sentence):
     with pytest.raises(recipe.RecipeError, match=sentence):
         recipe.check_params(**base, **params)
     assert recipe.check_params(**base, student_variant="y400mf")["student_variant"] == "regnety_400mf"
+    with pytest.raises(recipe.RecipeError, match="'ra3' is not a tag of regnety_400mf"):   # the student's weights
+        recipe.check_params(**{**base, "variant": "regnetz_b16", "weights": "ra3"}, student_variant="y400mf",
+                            unlabeled_dir="sample")
 
 
 def test_papermill_exit_status_is_nonzero_on_bad_input(tmp_path):

@@ -219,9 +219,9 @@ def with_extra_images(data: ImageData, paths: list[str], label_rows: np.ndarray,
     order = np.random.default_rng(files["seed"]).permutation(len(all_paths))  # mix them in cache order
     all_paths, rows = [all_paths[i] for i in order], rows[order]
     augment = augmentation.parse(augment, AUTO_AUGMENT) if augment is not None else data.augment
-    make_train, _, plain = pipelines(_source(all_paths, rows), _source(tf.constant([], tf.string), np.zeros((0, k), np.float32)),
-                                     len(all_paths), data.image_size, data.batch_size, files["seed"], augment,
-                                     files["cache"], k)
+    no_val = _source(tf.constant([], tf.string), np.zeros((0, k), np.float32))
+    make_train, _, plain = pipelines(_source(all_paths, rows), no_val, len(all_paths), data.image_size,
+                                     data.batch_size, files["seed"], augment, files["cache"], k)
     return ImageData(make_train(files["seed"]), data.val, data.class_names, class_counts(rows, data.class_names),
                      data.val_counts, data.image_size, data.batch_size, data.skipped, plain, make_train, augment,
                      files={**files, "paths": all_paths, "labels": rows})

@@ -387,7 +387,8 @@ class _Rounds:
                 report["accuracy"] = float(np.mean(probs[idx[seen]].argmax(-1) == truth[seen]))
         if held_out is not None and held_out < teacher["val_accuracy"]:
             self.warn(f"The teacher's confident predictions (top probability >= {threshold}) are right on "
-                      f"{held_out:.3f} of the held-out validation images, below its overall {teacher['val_accuracy']:.3f}: "
+                      f"{held_out:.3f} of the held-out validation images, below its overall "
+                      f"{teacher['val_accuracy']:.3f}: "
                       "its confidence does not pick out better pseudo-labels here; expect little from the student.")
         missing = [c for c, n in report["kept_per_class"].items() if n == 0]
         if missing and len(kept):

@@ -92,6 +92,8 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
                               f"...), a Hub id, 'none' or the path of a weights file.")
         try:
             pretrained.resolve(get_config(variant), weights)
+            if unlabeled_dir and student_variant and not is_hub_variant(student_variant):
+                pretrained.resolve(get_config(student_variant), weights)
         except ValueError as e:
             raise RecipeError(str(e)) from None
     return dict(variant=variant, weights=weights, export=formats, output_dir=Path(output_dir),
@@ -174,8 +176,9 @@ def noisy_student(p, model, data, weights, image_size, unlabeled_dir, rounds, ep
     if unlabeled_dir == "sample":
         folder = sample_unlabeled()
         truth = sample_truth(folder)
-    student_weights = weights if p["student_variant"] == p["variant"] else _fetch_or_fallback(
-        p["student_variant"], p["weights"])
+    other = p["student_variant"] != p["variant"]
+    student_weights = (weights if not other else None if is_hub_variant(p["student_variant"])
+                       else _fetch_or_fallback(p["student_variant"], p["weights"]))
 
     def student(dropout=0.0, drop_path_rate=0.0):
         return build_model(p["student_variant"], student_weights, data.num_classes, image_size, dropout=dropout,

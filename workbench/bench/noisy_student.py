@@ -1,4 +1,4 @@
-"""Noisy-student benchmark: does pseudo-labelling unlabelled images beat the teacher? `python -m workbench.bench.noisy_student`.
+"""Noisy-student benchmark, does pseudo-labelling beat the teacher: `python -m workbench.bench.noisy_student`.
 
 The transfer benchmark's setting (`workbench.bench.transfer`: a 0.4 M-parameter
 RegNetY pretrained on a source task, fine-tuned at 32 px for 12 epochs with
@@ -89,7 +89,8 @@ def run_task(root: Path, task: str, source, variants, rounds: int, seed: int = 0
 def table(results: dict, variants) -> str:
     lines = ["Validation accuracy (returned model), teacher vs noisy students; pseudo-label accuracy on the images "
              "kept (true labels); minutes per student", "",
-             f"{'task':<12}{'labelled':>9}{'unlab.':>7}{'teacher':>8}{'min':>5}  " + "".join(f"{v:>26}" for v in variants)]
+             f"{'task':<12}{'labelled':>9}{'unlab.':>7}{'teacher':>8}{'min':>5}  "
+             + "".join(f"{v:>26}" for v in variants)]
     for task, r in results.items():
         cells = []
         for v in variants:
