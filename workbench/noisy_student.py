@@ -73,6 +73,7 @@ from workbench import checks
 from workbench.contract import feature_extractor, head_model, probabilities
 from workbench.finetune import FinetuneResult, finetune
 from workbench.folders import scan_unlabeled, unlabeled_batches, with_extra_images
+from workbench.reports import class_indices
 from workbench.tta import views
 
 LABELS = ("soft", "hard")
@@ -214,11 +215,6 @@ class _Predictor:
                         for f in self.features[key]], axis=0)
 
 
-def _labels_of(dataset: tf.data.Dataset) -> np.ndarray:
-    y = np.concatenate([np.asarray(b) for _, b in dataset])
-    return y.argmax(-1) if y.ndim == 2 else y
-
-
 def noisy_student(data, unlabeled_dir, teacher, student=None, *, rounds: int = 1, epochs: int = 10,
                   labels: str = LABEL_DEFAULT, threshold: float = THRESHOLD, balance: bool = True, noise=NOISE,
                   dropout: float = DROPOUT, drop_path: float = DROP_PATH, teacher_tta: bool = False, truth=None,
@@ -319,7 +315,7 @@ class _Rounds:
         self.kwargs = {k: v for k, v in finetune_kwargs.items() if k != "augment"}
         self.rounds, self.results, self.models, self.warnings = [], [], [], []
         self.predict = _Predictor()
-        self.val_labels = _labels_of(data.val)
+        self.val_labels = class_indices(np.concatenate([np.asarray(y) for _, y in data.val]))
         self.teacher_params = None
 
     def warn(self, message: str):
@@ -340,7 +336,7 @@ class _Rounds:
             result = None
         else:
             self.say(f"Round {k}: fine-tuning the {role} ({model.name}, {params:,} parameters).")
-            kwargs = dict(self.kwargs, augment=augment) if augment is not None else dict(self.kwargs)
+            kwargs = self.kwargs if augment is None else {**self.kwargs, "augment": augment}
             result = finetune(model, data or self.data, self.epochs, seed=self.seed, verbose=self.verbose,
                               output_dir=self.output_dir / f"round{k}" if self.output_dir else None, **kwargs)
             model = result.model

@@ -67,14 +67,15 @@ def predict_dataset(model, dataset):
 
 # ---------------------------------------------------------------------------- metrics
 
-def _labels(y) -> np.ndarray:
+def class_indices(y) -> np.ndarray:
+    """Class indices of labels given as indices or as rows of class probabilities (one-hot, soft)."""
     y = np.asarray(y)
     return (y.argmax(axis=-1) if y.ndim == 2 else y.reshape(-1)).astype("int64")
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
     """Counts `cm[actual, predicted]`; `y_pred` may be labels or probabilities."""
-    t, p = _labels(y_true), _labels(y_pred)
+    t, p = class_indices(y_true), class_indices(y_pred)
     if len(t) != len(p):
         raise ValueError(f"y_true has {len(t)} labels but y_pred has {len(p)}.")
     k = num_classes or int(max(t.max(initial=-1), p.max(initial=-1)) + 1)
