@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import papermill as pm
 import pytest
-from conftest import write_tf_flowers
+from conftest import synthetic_machine, write_tf_flowers
 
 from workbench import recipe, runtime
 from workbench.unfreeze import unfreeze_policy
@@ -119,6 +119,42 @@ def test_bad_noisy_student_parameters(params, sentence):
     with pytest.raises(recipe.RecipeError, match="'ra3' is not a tag of regnety_400mf"):   # the student's weights
         recipe.check_params(**{**base, "variant": "regnetz_b16", "weights": "ra3"}, student_variant="y400mf",
                             unlabeled_dir="sample")
+
+
+def test_bad_budget_parameters():
+    base = dict(variant="200mf", weights="none", image_size="auto", batch_size=8, epochs=1, unfreeze="auto",
+                lr=1e-3, lr_decay="auto", seed=0, max_train_images=0, output_dir="out", export="")
+    with pytest.raises(recipe.RecipeError, match="budget_minutes must be a positive finite number"):
+        recipe.check_params(**base, budget_minutes=-2)
+    with pytest.raises(recipe.RecipeError, match="budget_minutes plans the variant, its weights tag"):
+        recipe.check_params(**base, budget_minutes=5, unlabeled_dir="sample")
+    assert recipe.check_params(**base, budget_minutes=0.5)["variant"] == "regnety_200mf"
+
+
+def test_custom_recipe_within_a_budget(tmp_path, monkeypatch):
+    """budget_minutes: the plan is printed, run and recorded with predicted and actual seconds; a machine
+    profile that promises 100x this machine's speed makes the guard cut the epochs to keep the budget."""
+    from dataclasses import asdict
+
+    from workbench import planner
+    monkeypatch.setenv("REGNET_WORKBENCH_CACHE", str(tmp_path / "cache"))
+    profile = planner._profile_path(planner.machine_key("float32"))
+    profile.parent.mkdir(parents=True)
+    profile.write_text(json.dumps(asdict(synthetic_machine(speedup=100))))
+    minutes = 0.75
+    out = run("custom.ipynb", tmp_path, budget_minutes=minutes, max_train_images=48)
+    metrics = metrics_of(out)
+    plan = metrics["plan"]
+    assert plan["budget_minutes"] == minutes and metrics["variant"] == plan["variant"]
+    assert plan["weights"] is None and plan["score"] == pytest.approx(-plan["resolution"] - plan["undertrained"])
+    assert 1 <= plan["epochs_run"] == metrics["epochs_run"] < plan["epochs"]
+    assert "training stops after epoch" in plan["adapted"][-1]
+    predicted, actual = plan["predicted_seconds"], plan["actual_seconds"]
+    assert set(predicted) == set(actual) == {"measuring", "setup", "build", "training", "report", "total"}
+    assert actual["total"] <= minutes * 60 * 1.2        # the guard kept it (the profile was 100x off)
+    assert predicted["total"] <= minutes * 60
+    saved = keras.models.load_model(out / "model.keras")
+    assert saved.input_shape == (None, plan["image_size"], plan["image_size"], 3)
 
 
 def test_papermill_exit_status_is_nonzero_on_bad_input(tmp_path):

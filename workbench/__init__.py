@@ -15,6 +15,7 @@ from workbench.hub import HubBackbone, HubModelUnavailableError, hub_backbone, h
 from workbench.lr_find import LRFindResult, lr_find, suggest_lr  # noqa: E402
 from workbench.model import regnet  # noqa: E402
 from workbench.optim import DiscriminativeOptimizer  # noqa: E402
+from workbench.planner import Plan, plan  # noqa: E402
 from workbench.plots_data import plot_class_distribution, show_batch  # noqa: E402
 from workbench.policy import TrainingPolicy, training_policy  # noqa: E402
 from workbench.pretrained import WeightsUnavailableError, list_weights  # noqa: E402
@@ -34,7 +35,7 @@ __all__ = [
     "sample_dataset", "sample_unlabeled", "noisy_student", "NoisyStudentResult", "show_batch",
     "plot_class_distribution",
     "GradualUnfreezing", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",
-    "DiscriminativeOptimizer", "finetune", "training_policy", "TrainingPolicy", "FinetuneResult", "seed_everything",
+    "DiscriminativeOptimizer", "finetune", "plan", "Plan", "training_policy", "TrainingPolicy", "FinetuneResult", "seed_everything",
     "make_strategy",
     "WarmupCosine", "OneCycle", "lr_find", "LRFindResult", "suggest_lr",
     "export", "export_all", "HubBackbone", "HubModelUnavailableError", "hub_backbone",

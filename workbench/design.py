@@ -290,13 +290,14 @@ class _Count:
 
     def __init__(self, image_size):
         self.h = self.w = image_size
-        self.flops = self.params = self.bn_stats = 0
+        self.flops = self.params = self.bn_stats = self.acts = 0
 
     def conv(self, w_in, w_out, k, stride=1, groups=1, bias=False):
         self.h, self.w = (self.h - 1) // stride + 1, (self.w - 1) // stride + 1
         hw = self.h * self.w
         self.flops += k * k * w_in * w_out * hw // groups + (w_out * hw if bias else 0)
         self.params += k * k * w_in * w_out // groups + (w_out if bias else 0)
+        self.acts += w_out * hw
 
     def pointwise(self, w_in, w_out):
         """A 1x1 conv with bias on a pooled (1x1) input, as in SE; the spatial size is kept."""
@@ -311,11 +312,12 @@ class _Count:
         if num_classes:
             self.flops += features * num_classes + num_classes
             self.params += features * num_classes + num_classes
-        return dict(flops=self.flops, params=self.params, bn_stats=self.bn_stats)
+        return dict(flops=self.flops, params=self.params, bn_stats=self.bn_stats, acts=self.acts)
 
 
 def complexity(config, image_size: int = 224, num_classes: int = 1000) -> dict:
-    """Multiply-adds, parameters (weights, as pycls and timm count) and BN statistics."""
+    """Multiply-adds, parameters (weights, as pycls and timm count), BN statistics and activations
+    (`acts`: output elements of every convolution, Dollár et al. 2021's runtime predictor)."""
     cfg = get_config(config)
     cx = _Count(image_size)
     if isinstance(cfg, RegNetZConfig):

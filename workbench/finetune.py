@@ -187,6 +187,7 @@ class _Run:
         self.fit_kw = dict(verbose=self.verbosity, class_weight=class_weight, shuffle=False)  # tf.data shuffles
         self.callbacks = list(callbacks or [])
         self.speedup = self.resumed_at = self.bn_refresh = None
+        self.stopped = False  # a callback stopped training (EarlyStopping, a time budget): no later phase runs
         runtime.seed_everything(self.seed, deterministic)
 
     def policy(self, pretrained, augment, ema_on, tta, progressive_on, bn_refresh):
@@ -305,6 +306,7 @@ class _Run:
                             steps_per_epoch=self.steps,
                             callbacks=self.extras(staged=False) + [self.recorder] + self.callbacks, **self.fit_kw)
         self.recorder.stop_if_nan(self.lr)
+        self.stopped = bool(cached.head.stop_training)
         seconds = [self.recorder.epoch_seconds[e] for e in range(start, end) if e in self.recorder.epoch_seconds]
         if seconds:
             self.speedup = cached.seconds / float(np.mean(seconds))
@@ -314,7 +316,7 @@ class _Run:
     def staged_epochs(self):
         """Step 6: the full model, stages unfrozen on schedule."""
         start = self.state.next_epoch
-        if start >= self.epochs:
+        if start >= self.epochs or self.stopped:
             return
         unfreezer = GradualUnfreezing(self.schedule, verbose=self.verbosity, epochs=self.epochs)
         if self.recorder.unfreezer is not None:
@@ -331,6 +333,8 @@ class _Run:
                           callbacks=self.extras(staged=True) + [unfreezer, self.recorder] + self.callbacks,
                           **self.fit_kw)
             self.recorder.stop_if_nan(self.lr)
+            if model.stop_training:
+                break
         self.log += unfreezer.log
 
     def phases(self, start):

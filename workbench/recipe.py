@@ -37,9 +37,11 @@ class RecipeError(ValueError):
 def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, lr, lr_decay,
                  seed, max_train_images, output_dir, export, data_dir=None, dataset=None, augment="auto",
                  ema=False, tta=False, drop_path=0.0, progressive=False, precision="auto",
-                 strategy="auto", unlabeled_dir="", student_variant="", student_rounds=1) -> dict:
+                 strategy="auto", unlabeled_dir="", student_variant="", student_rounds=1, budget_minutes=0) -> dict:
     """Validate every recipe parameter before any work; raise RecipeError with one sentence."""
     try:
+        if budget_minutes != 0:
+            checks.positive_number("budget_minutes", budget_minutes, " (0 = off, else the minutes to plan for)")
         checks.positive_int("student_rounds", student_rounds, " (rounds of noisy-student training)")
         if student_variant and not is_hub_variant(student_variant):
             student_variant = resolve_variant(student_variant)
@@ -86,6 +88,11 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
     if dataset is not None and not (isinstance(dataset, str) and dataset):
         raise RecipeError(f"dataset must be the name of a TFDS image-classification dataset, got {dataset!r}.")
     weights = None if weights in (None, "", "none", "None") else weights
+    if budget_minutes and (is_hub_variant(variant) or (weights is not None and Path(weights).is_file())
+                           or unlabeled_dir):
+        raise RecipeError("budget_minutes plans the variant, its weights tag, the image size and the epochs: use "
+                          "it with a weights tag (imagenet, pycls, ...) or none, not with a weights file, a Hub "
+                          "variant or unlabeled_dir; or set budget_minutes=0.")
     if weights is not None and not is_hub_variant(variant) and not Path(weights).is_file():
         if not pretrained.is_name(weights):
             raise RecipeError(f"weights={weights!r}: no such file; use a tag ('imagenet', 'pycls', 'keras', "
@@ -187,6 +194,44 @@ def noisy_student(p, model, data, weights, image_size, unlabeled_dir, rounds, ep
     return train(data, folder, lambda: model, student, rounds=rounds, epochs=epochs, seed=seed, truth=truth,
                  teacher_tta=finetune_kwargs.get("tta", False), output_dir=p["output_dir"] / "noisy_student",
                  **finetune_kwargs)
+
+
+def plan_run(p, data, minutes, reload, precision="auto"):
+    """(plan, weights file or None, data): `wb.plan` for the recipe's data and weights tag; the chosen
+    weights are fetched (when they cannot be had, it says so and plans again from random initialization,
+    within the same budget), and the data reloaded at the plan's size by `reload(image_size, batch_size)`."""
+    from workbench.planner import plan as make_plan
+    chosen = make_plan(data, minutes, weights=p["weights"], precision=precision)
+    path = None
+    if chosen.weights is not None:
+        path = _fetch_or_fallback(chosen.variant, chosen.weights)
+        if path is None:
+            print("Planning again for random initialization, within the same budget:")
+            chosen = make_plan(data, minutes, weights=None, precision=precision, started=chosen.started)
+    p["variant"] = chosen.variant
+    if (chosen.image_size, chosen.batch_size) != (data.image_size, data.batch_size):
+        data = reload(chosen.image_size, chosen.batch_size)
+    chosen.lap("setup")
+    return chosen, path, data
+
+
+def record_plan(metrics: dict, plan, result) -> dict:
+    """metrics.json with the plan, its predicted and actual seconds (after the report's lap)."""
+    plan.lap("report")
+    metrics["plan"] = plan.record(result)
+    predicted, actual = metrics["plan"]["predicted_seconds"], metrics["plan"]["actual_seconds"]
+    print(f"{'phase':<10} {'predicted':>9} {'actual':>8}")
+    for phase in ("measuring", "setup", "build", "training", "report", "total"):
+        if phase in predicted or phase in actual:
+            print(f"{phase:<10} {predicted.get(phase, 0):>8.0f}s {actual.get(phase, 0):>7.0f}s")
+    for line in metrics["plan"]["adapted"]:
+        print(line)
+    if is_chief():
+        out = Path(metrics["output_dir"]) / "metrics.json"
+        saved = json.loads(out.read_text())
+        saved["plan"] = metrics["plan"]
+        out.write_text(json.dumps(saved, indent=2, default=str))
+    return metrics
 
 
 def summary(metrics: dict, output_dir) -> str:

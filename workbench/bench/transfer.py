@@ -184,13 +184,13 @@ def schedule_of(policy: str) -> tuple[str, float, bool]:
             "scratch": ("0:all", 1.0, False)}[policy]
 
 
-def run(folder: Path, source, policy: str, augment: str, **extras) -> dict:
+def run(folder: Path, source, policy: str, augment: str, epochs: int = EPOCHS, **extras) -> dict:
     import workbench as wb
     unfreeze, decay, pretrained = schedule_of(policy)
     data = _load(folder, augment)
     model = transfer_model(source, data.num_classes, pretrained)
     t0 = time.perf_counter()
-    r = wb.finetune(model, data, epochs=EPOCHS, unfreeze=unfreeze, lr=LR, lr_decay=decay, pretrained=pretrained,
+    r = wb.finetune(model, data, epochs=epochs, unfreeze=unfreeze, lr=LR, lr_decay=decay, pretrained=pretrained,
                     restore_best=False, verbose=0, bn_refresh=extras.pop("bn_refresh", False), **extras)
     return {"accuracy": r.history["val_accuracy"][-1], "minutes": (time.perf_counter() - t0) / 60,
             "best": max(r.history["val_accuracy"])}
@@ -243,6 +243,8 @@ def main(argv=None):
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--augment", action="store_true", help="also sweep augmentation on the full policy")
     parser.add_argument("--extras", action="store_true", help="also BatchNorm re-estimation and EMA")
+    parser.add_argument("--epochs", default="", help="also sweep the number of epochs (e.g. 3,6,12,24) on the "
+                        "policies given: the figures behind the budget planner's training curve")
     parser.add_argument("--root", default=None, help="where the images are written (default: the cache)")
     parser.add_argument("--plot", default=None, help="write the table as a bar chart (PNG)")
     parser.add_argument("--json", default=None, help="write the figures as JSON")
@@ -252,7 +254,7 @@ def main(argv=None):
     tasks, policies = args.tasks.split(","), args.policies.split(",")
     t0 = time.perf_counter()
     sources, notes = _sources(root, tasks)
-    results, sweeps, extras = {}, {}, {}
+    results, sweeps, extras, lengths = {}, {}, {}, {}
     for task in tasks:
         family, shots = task.split("@")
         folder = shots_folder(root, family, int(shots))
@@ -265,6 +267,11 @@ def main(argv=None):
             for level in ("flip,crop", "crop", "strong"):
                 sweeps[task][level] = run(folder, sources[family], "full", level)
                 print(f"{task} full augment={level}: {sweeps[task][level]}", flush=True)
+        for epochs in [int(e) for e in args.epochs.split(",") if e]:
+            for policy in policies:
+                lengths.setdefault(f"{task} {policy}", {})[f"{epochs} ep"] = run(folder, sources[family], policy,
+                                                                                  "none", epochs=epochs)
+                print(f"{task} {policy} {epochs} epochs: {lengths[f'{task} {policy}'][f'{epochs} ep']}", flush=True)
         if args.extras:
             extras[task] = {}
             for name, policy, kw in (("scratch+bn_refresh", "scratch", dict(bn_refresh=True)),
@@ -279,12 +286,14 @@ def main(argv=None):
         print(table(sweeps, tasks, list(next(iter(sweeps.values()))), "\nAugmentation, policy full:"))
     if extras:
         print(table(extras, tasks, list(next(iter(extras.values()))), "\nExtras:"))
+    if lengths:
+        print(table(lengths, list(lengths), list(next(iter(lengths.values()))), "\nEpochs:"))
     print(f"\nTotal {(time.perf_counter() - t0) / 60:.1f} min")
     if args.plot:
         plot(results, policies, args.plot)
     if args.json:
         Path(args.json).write_text(json.dumps({"policies": results, "augment": sweeps, "extras": extras,
-                                               "notes": notes}, indent=1))
+                                               "epochs": lengths, "notes": notes}, indent=1))
 
 
 if __name__ == "__main__":
