@@ -1,4 +1,5 @@
 """wb.plan: a measured machine, a cost model, the best candidate within the budget, and a guard that keeps it."""
+import dataclasses
 import json
 import time
 
@@ -53,6 +54,17 @@ def test_random_initialization_plans_for_the_images_own_size(data):
     assert "128 px" in " ".join(p.notes)
 
 
+def test_when_fine_tuning_cannot_fit_a_linear_probe_can(data):
+    fast = synthetic_machine()
+    slow_training = dataclasses.replace(fast, train_per_act=fast.train_per_act * 1e4,
+                                        train_per_flop=fast.train_per_flop * 1e4)
+    p = planner.plan(data, 2, machine=slow_training, verbose=False)
+    assert p.unfreeze == "0:head" and p.chosen.probe_cost == planner.LINEAR_PROBE_POINTS
+    assert "features" in p.chosen.phases and "first step" not in p.chosen.phases
+    assert "linear probe (head only" in p.table()
+    assert planner.plan(data, 2, machine=fast, verbose=False).unfreeze == "auto"   # full fine-tuning fits
+
+
 def test_a_budget_without_one_epoch_is_refused_before_training(data):
     slow = synthetic_machine(speedup=1e-4)
     with pytest.raises(ValueError, match="cannot fit one epoch of the cheapest candidate"):
@@ -76,14 +88,17 @@ def test_measure_times_real_steps_and_caches_the_profile(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 1
 
 
-def test_guard_cuts_the_epochs_that_would_overrun(data):
-    """A plan 100x too optimistic: the guard stops after the epochs the real pace affords, and says so."""
+@pytest.mark.parametrize("unfreeze,spent", [("auto", 20), ("0:head", 30)])
+def test_guard_cuts_the_epochs_that_would_overrun(data, unfreeze, spent):
+    """A plan 100x too optimistic: the guard stops after the epochs the real pace affords, and says so;
+    head-only epochs (on cached features, ~0.1 s each) stop too once the budget is spent, with no
+    full-model epochs after them."""
     p = planner.plan(data, 0.5, weights=None, candidates=["regnety_200mf"], sizes=(32,),
                      machine=synthetic_machine(speedup=100), verbose=False)
     assert p.epochs >= 5
-    p.started = time.perf_counter() - 20            # 20 of the 30 seconds already spent
+    p.started = time.perf_counter() - spent          # of the 30 seconds
     model = tiny_regnet()
-    result = wb.finetune(model, data, epochs=p.epochs, unfreeze=p.unfreeze, callbacks=[p.guard(reserve=0)],
+    result = wb.finetune(model, data, epochs=p.epochs, unfreeze=unfreeze, callbacks=[p.guard(reserve=0)],
                          pretrained=False, verbose=0)
     record = p.record(result)
     assert 1 <= result.epochs_run < p.epochs and record["epochs_run"] == result.epochs_run

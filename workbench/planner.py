@@ -412,11 +412,12 @@ class Plan:
         c = self.chosen
         training = ("linear probe (head only, on backbone features computed once)" if c.unfreeze == "0:head"
                     else "full fine-tuning (every stage from epoch 0, the training policy)")
+        probe = f" - linear probe {c.probe_cost:.1f}" if c.probe_cost else ""
         lines = [f"Plan for {self.budget_minutes:g} min on this machine ({self.machine.precision}):",
                  f"  {c.variant}, weights {c.weights or 'none (random initialization)'}, {c.image_size} px, "
                  f"batch {c.batch_size}, {c.epochs} epochs, {training}",
                  f"  score {c.score:.1f} = prior {c.prior:.1f} ({c.reason}) - resolution {c.resolution:.1f} "
-                 f"- under-training {c.undertrained:.1f}" + (f" - linear probe {c.probe_cost:.1f}" if c.probe_cost else ""),
+                 f"- under-training {c.undertrained:.1f}" + probe,
                  "", f"  {'phase':<12} {'predicted':>10}",
                  f"  {'measuring':<12} {self.measured_seconds:>9.0f}s"]
         lines += [f"  {name:<12} {sec:>9.0f}s" for name, sec in c.phases.items()]
@@ -447,7 +448,7 @@ class Plan:
         return self.laps[phase]
 
     def predicted(self) -> dict:
-        """Predicted seconds by the phases a recipe laps: measuring, build, training, report, total."""
+        """Predicted seconds by the phases a recipe laps: measuring, setup, build, training, report, total."""
         phases = dict(self.chosen.phases)
         return {"measuring": self.measured_seconds, "setup": phases.pop("setup"), "build": phases.pop("build"),
                 "report": phases.pop("report"), "training": sum(phases.values()), "total": self.predicted_seconds}
@@ -472,7 +473,7 @@ class Plan:
 
 
 class BudgetGuard(keras.callbacks.Callback):
-    """Cuts the remaining epochs when, at the pace of the last epoch, the plan would overrun the budget.
+    """Cuts the remaining epochs when, at the recent pace, the plan would overrun the budget.
 
     The first epoch (which traces the model) is judged only when the budget is already spent; from the
     second on, the pace is the median of the last three epochs, and the number of epochs that fit is

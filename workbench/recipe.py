@@ -221,9 +221,8 @@ def record_plan(metrics: dict, plan, result) -> dict:
     metrics["plan"] = plan.record(result)
     predicted, actual = metrics["plan"]["predicted_seconds"], metrics["plan"]["actual_seconds"]
     print(f"{'phase':<10} {'predicted':>9} {'actual':>8}")
-    for phase in ("measuring", "setup", "build", "training", "report", "total"):
-        if phase in predicted or phase in actual:
-            print(f"{phase:<10} {predicted.get(phase, 0):>8.0f}s {actual.get(phase, 0):>7.0f}s")
+    for phase, seconds in predicted.items():
+        print(f"{phase:<10} {seconds:>8.0f}s {actual[phase]:>7.0f}s")
     for line in metrics["plan"]["adapted"]:
         print(line)
     if is_chief():
