@@ -312,9 +312,14 @@ def _prior(variant, weights) -> tuple[float, int, str | None, str]:
     return float(top1), int(info.train_size), info.tag, f"ImageNet top-1 {top1:.1f} ({info.tag})"
 
 
+def _image_files(data) -> list:
+    """The data's training image files (folder data), or [] (TFDS data has none)."""
+    return list((getattr(data, "files", None) or {}).get("paths", []))
+
+
 def images_side(data) -> int | None:
     """Median short side of (up to 64 of) the data's image files, or None without files."""
-    files = list((getattr(data, "files", None) or {}).get("paths", []))
+    files = _image_files(data)
     if not files:
         return None
     from PIL import Image
@@ -332,7 +337,7 @@ def images_side(data) -> int | None:
 def decode_seconds(data, limit: int = 16) -> float:
     """Seconds to read, decode and resize one of the data's image files (0 without files)."""
     import tensorflow as tf
-    files = list((getattr(data, "files", None) or {}).get("paths", []))[:limit]
+    files = _image_files(data)[:limit]
     if not files:
         return 0.0
     start = time.perf_counter()
