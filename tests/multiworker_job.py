@@ -14,10 +14,10 @@ index, port0, port1, output_dir, epochs = sys.argv[1:6]
 die_after = int(sys.argv[6]) if len(sys.argv) > 6 else None
 os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]},
                                       "task": {"type": "worker", "index": int(index)}})
+import workbench as wb  # noqa: E402  (first, as in the recipes: it sets up TensorFlow)
+
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import workbench as wb  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(1)  # two workers share the machine's cores
 strategy = wb.make_strategy("multiworker")  # before any other TensorFlow work

@@ -111,11 +111,12 @@ def test_unfreeze_policy():
         unfreeze_policy("0:hed", 9)
 
 
-def test_cuda_probe_lines_are_dropped_and_nothing_else():
+def test_startup_noise_is_dropped_and_nothing_else():
     text = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
             "I0000 00:00:17.1 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\n"
             "E0000 00:00:17.2 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: UNKNOWN ERROR (303)\n"
+            "I0000 00:00:17.2 1 port.cc:153] oneDNN custom operations are on. You may see slightly different\n"
             "E0000 00:00:17.3 1 some_kernel.cc:10] a real error\n"
             "W0000 00:00:17.4 1 other.cc:5] a real warning\n")
-    assert runtime.drop_cuda_probe_lines(text) == ("E0000 00:00:17.3 1 some_kernel.cc:10] a real error\n"
-                                                   "W0000 00:00:17.4 1 other.cc:5] a real warning\n")
+    assert runtime.drop_startup_noise(text) == ("E0000 00:00:17.3 1 some_kernel.cc:10] a real error\n"
+                                               "W0000 00:00:17.4 1 other.cc:5] a real warning\n")

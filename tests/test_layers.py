@@ -5,7 +5,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-from workbench.layers import GroupConv2D, grouped_conv2d
+from workbench.layers import GroupConv2D, grouped_conv2d, portable_graphs
+from workbench.runtime import cpu_grouped_conv_gradients
 
 ATOL = 1e-4
 
@@ -68,6 +69,21 @@ def test_matches_keras_conv2d(case):
         assert got[0].shape == want[0].shape
         for g, w in zip(got, want):
             np.testing.assert_allclose(g.numpy(), w.numpy(), atol=ATOL)
+
+
+@pytest.mark.skipif(not cpu_grouped_conv_gradients(), reason="this CPU build has no grouped Conv2D gradient")
+def test_native_cpu_path_matches_chunked_and_exports_stay_chunked():
+    """Where oneDNN differentiates grouped convs (x86-64, as `import workbench` sets up), "auto" takes the native op."""
+    _, chunked, x = _pair(14, 14, 152, 152, 19, 2, None)
+    auto = GroupConv2D(152, 3, 2, groups=19)
+    auto.build(x.shape)
+    auto.kernel.assign(chunked.kernel.numpy())
+    ops = lambda layer: {op.type for op in tf.function(layer).get_concrete_function(x).graph.get_operations()}
+    assert "ConcatV2" not in ops(auto) and "ConcatV2" in ops(chunked)  # one native op, not chunks
+    for got, want in zip(_fwd_bwd(auto, x, jit=False), _fwd_bwd(chunked, x, jit=False)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=ATOL)
+    with portable_graphs():
+        assert "ConcatV2" in ops(auto)
 
 
 def test_kernel_layout_matches_conv2d():

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from workbench.contract import feature_extractor, probabilities
+from workbench.layers import portable_graphs
 
 FORMATS = ("keras", "saved_model", "hub", "tflite")
 DEFAULT_IMAGE_SIZE = 224
@@ -85,7 +86,8 @@ def export(model: keras.Model, path, format: str, class_names=None, sample_image
     class_names = _check_class_names(model, class_names)
     writer = {"keras": _export_keras, "saved_model": _export_saved_model, "hub": _export_hub,
               "tflite": _export_tflite}[fmt]
-    result = writer(model, Path(path).expanduser(), class_names, sample_images)
+    with portable_graphs():  # a graph every TensorFlow build (and TFLite) runs
+        result = writer(model, Path(path).expanduser(), class_names, sample_images)
     result = {"format": fmt, **result}
     if verbose:
         _report(result)

@@ -1,9 +1,19 @@
 """Exact grouped convolution that is fast to train on CPU.
 
-TensorFlow has no CPU gradient kernel for grouped ``Conv2D`` (without XLA,
-``keras.layers.Conv2D(groups=G)`` fails in training with "Gradients for grouped
-convolutions are not supported on CPU"; with XLA it works but is 50-500x too
-slow: 28x28x152, G=19, batch 32 takes ~1.9 s forward+backward). ``GroupConv2D``
+Where TensorFlow runs oneDNN kernels on the CPU (the workbench turns them on
+for x86-64, see `workbench.runtime`), the native grouped ``Conv2D`` has a CPU
+gradient, and ``GroupConv2D`` uses it: one op per layer, so the training graph
+is small and quick to trace, and the fastest form measured (``python -m
+workbench.bench.conv --forms native,auto``, forward + backward, batch 32,
+fp32, 2 AVX2 cores, ms, native against chunked: RegNetY-200MF's six grouped
+shapes 76 against 108 in total, 600MF's 205 against 212, group width 56 at
+56x56 159 against 193).
+
+Elsewhere (TensorFlow's Eigen kernels: ``TF_ENABLE_ONEDNN_OPTS=0``, or CPUs
+oneDNN does not serve) there is no CPU gradient for a grouped ``Conv2D``
+(training fails with "Gradients for grouped convolutions are not supported on
+CPU"; with XLA it works but is 50-500x too slow: 28x28x152, G=19, batch 32
+takes ~1.9 s forward+backward). ``GroupConv2D``
 therefore computes the same function as a few ordinary convolutions: the groups
 are split into chunks of ``groups_per_conv`` consecutive groups, and each chunk
 is one dense ``tf.nn.conv2d`` whose kernel is the block-diagonal expansion of
@@ -15,24 +25,27 @@ expansion multiplies FLOPs by the chunk size, so the optimum is chunks of about
 16 input channels (default: ``16 // group_width`` groups per conv, at least 1;
 one conv if ``in_channels <= 32``; group width >= 16 thus uses the plain split,
 which measured best there). Measured forward + backward, batch 32, fp32, 2 CPU
-cores, no XLA (what ``fit`` uses on CPU: ``jit_compile="auto"`` resolves to
-False on CPU-only hosts), RegNetY-200MF shapes, ms: 112x112x24/s2/G3 split 80
+cores, Eigen kernels, no XLA, RegNetY-200MF shapes, ms: 112x112x24/s2/G3 split 80
 -> chunk3 60; 28x28x152/s2/G19 29 -> 23; 14x14x152/G19 21 -> 18; 7x7x368/G46 19
--> 14.5; about 0.28 s per batch for all 16 grouped convs (whole RegNetY-200MF-
-like model: ~19.5 img/s training, ~85 img/s inference; the rest of the model
-now dominates). Depthwise-then-sum (slow backward, 12-40 s under XLA), im2col
+-> 14.5. Depthwise-then-sum (slow backward, 12-40 s under XLA), im2col
 from 9 shifted slices + batched matmul (3-10x slower) and full block-diagonal
 for many groups (3-6x slower) all lost; host timings are noisy (shared 2
-cores), re-measure with ``python -m workbench.bench.conv``. The forward graph
-is plain Split/Tile/Mul/Conv2D/ConcatV2 and converts to TFLite (CONV_2D, TILE,
-MUL). On GPU/TPU the native grouped op is used (``implementation="auto"``).
+cores), re-measure with ``python -m workbench.bench.conv``. The chunked graph
+is plain Split/Tile/Mul/Conv2D/ConcatV2, which every TensorFlow build runs and
+TFLite converts (CONV_2D, TILE, MUL), so exports are traced in it
+(`portable_graphs`). On GPU/TPU the native grouped op is used.
 """
+
+import contextlib
+import threading
 
 import numpy as np
 import keras
 import tensorflow as tf
 
-from workbench.runtime import accelerator_present
+from workbench.runtime import accelerator_present, cpu_grouped_conv_gradients
+
+_PORTABLE = threading.local()
 
 
 def default_groups_per_conv(groups, group_in_channels):
@@ -154,8 +167,9 @@ class GroupConv2D(keras.layers.Layer):
     padding, groups=groups)`` (padding "same" or "valid") (channels_last, TensorFlow backend) with a
     fast exact CPU path. The ``kernel`` variable has the same shape as Conv2D's.
 
-    ``implementation``: ``"auto"`` (native grouped op if a GPU/TPU is visible,
-    else ``"chunked"``), ``"native"`` or ``"chunked"``. ``groups_per_conv``
+    ``implementation``: ``"auto"`` (the native grouped op where it trains:
+    a GPU/TPU, or CPU kernels with a grouped gradient; else ``"chunked"``; always
+    ``"chunked"`` inside `portable_graphs`), ``"native"`` or ``"chunked"``. ``groups_per_conv``
     sets the chunk size of the chunked path (default: ~24 input channels).
     """
 
@@ -205,7 +219,9 @@ class GroupConv2D(keras.layers.Layer):
     def _use_native(self):
         if self.implementation != "auto":
             return self.implementation == "native"
-        return accelerator_present()
+        if getattr(_PORTABLE, "on", False):
+            return False
+        return accelerator_present() or cpu_grouped_conv_gradients(self.compute_dtype)
 
     def call(self, inputs):
         x = tf.cast(inputs, self.compute_dtype)
@@ -237,6 +253,18 @@ class GroupConv2D(keras.layers.Layer):
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             implementation=self.implementation, groups_per_conv=self.groups_per_conv)
         return config
+
+
+@contextlib.contextmanager
+def portable_graphs():
+    """Inside, every ``GroupConv2D`` on "auto" traces the chunked form: graphs (SavedModel, Hub, TFLite)
+    that any TensorFlow build runs, including CPU builds whose grouped ``Conv2D`` has no kernel."""
+    previous = getattr(_PORTABLE, "on", False)
+    _PORTABLE.on = True
+    try:
+        yield
+    finally:
+        _PORTABLE.on = previous
 
 
 def set_grouped_conv_implementation(model, implementation: str):

@@ -113,7 +113,7 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
         if inner.weight_decay is not None and inner._use_weight_decay(variable):
             decay = self._scalar(("decay", m, dtype), lambda: ops.multiply(ops.cast(inner.weight_decay, dtype), lr))
             if isinstance(variable, tf.Variable):
-                tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=decay, delta=variable.read_value())
+                tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=decay, delta=variable.value())
             else:
                 inner.assign_sub(variable, ops.multiply(variable, decay))
         if not (isinstance(variable, tf.Variable) and self._fused_update_step(gradient, variable, lr)):
@@ -134,7 +134,7 @@ class DiscriminativeOptimizer(keras.optimizers.Optimizer):
             tf.raw_ops.ResourceApplyAdam(
                 var=variable.handle, m=inner._momentums[i].value.handle, v=inner._velocities[i].value.handle,
                 beta1_power=b1_power, beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2,
-                epsilon=tf.cast(inner.epsilon, dtype), grad=gradient)
+                epsilon=self._scalar(("epsilon", dtype), lambda: tf.cast(inner.epsilon, dtype)), grad=gradient)
             return True
         if kind is keras.optimizers.SGD:
             if not inner.momentum:
