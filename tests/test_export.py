@@ -1,5 +1,8 @@
 """Export formats: each reloads and predicts like the Keras model, on real sample photos."""
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -83,6 +86,22 @@ def test_export_all_layout(exported):
     assert (out / "export" / "tflite" / "labels.txt").read_text().split() == ["brick", "grass", "gravel"]
     json.dumps(results)  # fit for metrics.json
     assert all(r["size_bytes"] > 0 for r in results.values())
+
+
+def test_saved_model_runs_without_onednn(trained, exported):
+    """Exports trace grouped convolutions in the chunked form, which TensorFlow's Eigen CPU kernels run too
+    (they have no grouped Conv2D); this process trains on oneDNN's native grouped op."""
+    model, _, val_x, _ = trained
+    code = ("import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
+            "x = np.load(sys.argv[2]); print(m.signatures['serving_default'](images=tf.constant(x))"
+            "['probabilities'].numpy().tolist())")
+    np.save(exported[0] / "x.npy", val_x[:4])
+    child = subprocess.run([sys.executable, "-c", code, exported[1]["saved_model"]["path"],
+                            str(exported[0] / "x.npy")], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert child.returncode == 0, child.stderr[-2000:]
+    got = np.array(json.loads(child.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(got, model.predict(val_x[:4], verbose=0), atol=1e-5)
 
 
 def test_keras_roundtrip(trained, exported, tmp_path):

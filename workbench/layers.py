@@ -170,7 +170,7 @@ class GroupConv2D(keras.layers.Layer):
     ``implementation``: ``"auto"`` (the native grouped op where it trains:
     a GPU/TPU, or CPU kernels with a grouped gradient; else ``"chunked"``; always
     ``"chunked"`` inside `portable_graphs`), ``"native"`` or ``"chunked"``. ``groups_per_conv``
-    sets the chunk size of the chunked path (default: ~24 input channels).
+    sets the chunk size of the chunked path (default: about 16 input channels per chunk).
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, groups=1, padding="same", use_bias=False,
