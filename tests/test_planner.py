@@ -88,6 +88,35 @@ def test_measure_times_real_steps_and_caches_the_profile(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 1
 
 
+def test_guard_keeps_more_for_the_report_when_epochs_run_slower_than_planned(data, monkeypatch):
+    """On a clock the test drives: epochs take 3x their planned time, so the 5 s kept for the report become
+    15 s, and training stops after the epochs that fit before them; at the planned pace it keeps 5 s."""
+    p = planner.plan(data, 2, weights=None, candidates=["regnety_200mf"], sizes=(32,),
+                     machine=synthetic_machine(speedup=100), verbose=False)
+    planned = p.chosen.phases["epochs"] / p.epochs
+    model = tiny_regnet()
+
+    def stop_after(pace):
+        clock = [p.started]
+        monkeypatch.setattr(planner.time, "perf_counter", lambda: clock[0])
+        guard = p.guard(reserve=5.0)
+        guard.set_model(model)
+        model.stop_training = False
+        for epoch in range(p.epochs):
+            clock[0] = p.deadline - 60 if epoch == 0 else clock[0]   # the first epoch leaves 60 s
+            guard.on_epoch_begin(epoch)
+            clock[0] += pace
+            guard.on_epoch_end(epoch)
+            if model.stop_training:
+                return epoch + 1, guard.adapted
+        return p.epochs, guard.adapted
+
+    slow = 3 * planned
+    epochs, adapted = stop_after(slow)
+    assert epochs == 1 + int((60 - slow - 15) // slow) and "(15 s kept for it)" in adapted[0]
+    assert stop_after(planned)[0] == min(p.epochs, 1 + int((60 - planned - 5) // planned))
+
+
 @pytest.mark.parametrize("unfreeze,spent", [("auto", 20), ("0:head", 30)])
 def test_guard_cuts_the_epochs_that_would_overrun(data, unfreeze, spent):
     """A plan 100x too optimistic: the guard stops after the epochs the real pace affords, and says so;

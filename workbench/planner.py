@@ -486,7 +486,9 @@ class BudgetGuard(keras.callbacks.Callback):
 
     The first epoch (which traces the model) is judged only when the budget is already spent; from the
     second on, the pace is the median of the last three epochs, and the number of epochs that fit is
-    recomputed after each one, so a passing slowdown that ends gives the epochs back.
+    recomputed after each one, so a passing slowdown that ends gives the epochs back. The time kept for
+    the report was priced by the same profile as the epochs, so it grows by the factor the epochs run
+    slower than planned: a machine that is busier than when it was measured is busier for the report too.
     """
 
     def __init__(self, plan: Plan, reserve: float):
@@ -503,8 +505,10 @@ class BudgetGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
         self._paces.append(now - self._t0)
-        left = self.plan.deadline - self.reserve - now
         pace = float(np.median(self._paces[1:][-3:])) if len(self._paces) > 1 else self._paces[0]
+        planned = self.plan.chosen.phases["epochs"] / self.plan.epochs
+        slowdown = max(1.0, pace / planned) if len(self._paces) > 1 and planned > 0 else 1.0
+        left = self.plan.deadline - self.reserve * slowdown - now
         if left <= 0:
             affordable = epoch + 1
         elif len(self._paces) == 1:
@@ -512,9 +516,8 @@ class BudgetGuard(keras.callbacks.Callback):
         else:
             affordable = min(self.plan.epochs, epoch + 1 + int(left // pace))
         if affordable != self.stop_after:
-            planned = self.plan.chosen.phases["epochs"] / self.plan.epochs
             msg = (f"Epochs take {pace:.1f} s (planned {planned:.1f} s) and {max(left, 0):.0f} s are left before "
-                   f"the report after epoch {epoch + 1}: " + (
+                   f"the report ({self.reserve * slowdown:.0f} s kept for it) after epoch {epoch + 1}: " + (
                        f"training stops after epoch {affordable} of {self.plan.epochs} to finish within "
                        f"{self.plan.budget_minutes:g} min." if affordable < self.plan.epochs else
                        f"back on plan, all {self.plan.epochs} epochs fit."))
