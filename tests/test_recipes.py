@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import keras
+import nbformat
 import numpy as np
 import papermill as pm
 import pytest
@@ -99,10 +100,25 @@ def test_flowers_recipe_on_a_tfds_format_data_dir(tmp_path):
     (dict(unlabeled_dir="no/such/unsorted"), "unlabeled_dir='no/such/unsorted' does not exist"),
     (dict(unlabeled_dir="sample", data_dir="."), "unlabeled_dir='sample' is the sample dataset's"),
 ])
-def test_bad_parameters_stop_in_the_check_cell(tmp_path, params, sentence):
+def test_bad_parameters_are_refused_by_the_check_cell(tmp_path, monkeypatch, params, sentence):
+    """The recipe's own parameters and checking cells, executed in this process with `params` injected
+    between them as papermill does (a kernel per case would cost ~9 s each)."""
+    code = [c for c in nbformat.read(RECIPES / "custom.ipynb", as_version=4).cells if c.cell_type == "code"]
+    at = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
+    namespace = {}
+    exec(code[at].source, namespace)
+    namespace.update({**TINY, "output_dir": str(tmp_path / "out"), **params})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)   # the cell sets it; restored after
+    with pytest.raises(recipe.RecipeError) as err:
+        exec(code[at + 1].source, namespace)
+    assert sentence in str(err.value)
+
+
+def test_a_bad_parameter_stops_the_notebook_in_the_check_cell(tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as err:
-        run("custom.ipynb", tmp_path, **params)
-    assert err.value.ename == "RecipeError" and sentence in err.value.evalue
+        run("custom.ipynb", tmp_path, variant="regnety_601mf")
+    assert err.value.ename == "RecipeError" and "Unknown RegNet variant 'regnety_601mf'" in err.value.evalue
     assert err.value.exec_count == 4   # the parameter-checking cell (after papermill's injected one)
 
 
