@@ -194,9 +194,7 @@ class _Run:
         """Step 1b: the training policy ("auto" resolved by `training_policy`): schedule, decay, extras."""
         chosen = training_policy(self.unfreeze, self.epochs, pretrained, self.lr_decay,
                                  augment=augment if augment is not None else getattr(self.data, "augment", None),
-                                 ema=ema_on, tta=tta, progressive=progressive_on, bn_refresh=bn_refresh,
-                                 num_train=getattr(self.data, "num_train", None),
-                                 image_size=getattr(self.data, "image_size", None))
+                                 ema=ema_on, tta=tta, progressive=progressive_on, bn_refresh=bn_refresh)
         self.unfreeze, self.lr_decay, self.chosen = chosen.unfreeze, chosen.lr_decay, chosen
         self.augment = chosen.augment if augment is not None else None  # None: the loader's pipeline
 

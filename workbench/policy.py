@@ -114,8 +114,8 @@ def _flag(name, value) -> bool:
 
 def training_policy(unfreeze="auto", epochs: int = 10, pretrained: bool = True, lr_decay="auto", *,
                     augment="auto", ema: bool = False, tta: bool = False, progressive: bool = False,
-                    bn_refresh="auto", num_train: int | None = None, image_size: int | None = None) -> TrainingPolicy:
-    """Every "auto" of a run resolved from what is known (pretrained or not, dataset and image size).
+                    bn_refresh="auto") -> TrainingPolicy:
+    """Every "auto" of a run resolved from what is known (pretrained or not, the number of epochs).
 
     unfreeze: "auto" or a schedule ("0:head,2:stage4,4:stage3+stage2"); lr_decay: "auto" (1 with the
     automatic schedule, SCHEDULE_DECAY with a schedule given) or a number >= 1, always 1 from random
