@@ -6,7 +6,7 @@ import matplotlib.figure
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import photo, write_classes, write_every_format, write_tfds
+from conftest import write_classes, write_every_format, write_tfds
 
 from workbench.catalog import load_tfds
 from workbench.data import DatasetUnavailableError

@@ -79,13 +79,12 @@ def _validate(path: Path, short_side: int) -> tuple[Path | None, str]:
             try:
                 _check_decode(str(path), short_side)
                 return path, ""
-            except tf.errors.OpError as tf_err:
+            except tf.errors.OpError:
                 try:  # PIL may still read it (then it is converted); else report PIL's reason
                     with Image.open(path) as im:
                         im.load()
                 except Exception as err:  # noqa: BLE001
                     return None, error_reason(err)
-                del tf_err
         converted = _convert(path)
         _check_decode(str(converted), short_side)
         return converted, ""

@@ -8,7 +8,6 @@ runs, batch 32, fp32. Wall time is noisy on a shared host; CPU time is printed t
 import argparse
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from workbench.layers import block_diagonal_kernel, default_groups_per_conv, grouped_conv2d

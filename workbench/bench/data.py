@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from workbench.folders import load_folder
 from workbench.sample import CLASSES, source_photo

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
+
+from workbench.bench import run_in_process
 
 CONTENDERS = ("workbench", "workbench_bf16", "timm", "timm_bf16", "kimm", "tf_keras")
 
@@ -105,14 +105,8 @@ def run_one(contender, variant, batch, size, steps):
 
 
 def _in_process(contender, variant, batch, size, steps):
-    args = [sys.executable, "-m", "workbench.bench.speed", "--one", contender, "--variants", variant,
-            "--batch", str(batch), "--size", str(size), "--steps", str(steps)]
-    out = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        missing = "ModuleNotFoundError" in out.stderr
-        return None, ("not installed" if missing else (out.stderr.strip().splitlines() or ["failed"])[-1])
-    return json.loads(lines[-1]), None
+    return run_in_process("workbench.bench.speed", ["--one", contender, "--variants", variant, "--batch", str(batch),
+                                                    "--size", str(size), "--steps", str(steps)])
 
 
 def main(argv=None):

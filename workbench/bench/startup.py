@@ -1,18 +1,34 @@
 """Time to the first training step, and the cost of an unfreeze: `python -m workbench.bench.startup`.
 
-Splits the first step into building the model, tracing the train step
-(Python: layers, gradient graph, optimizer), and the first call (graph set-up
-and one step), then times a staged unfreeze the way `finetune` runs it (head
-only, then stage4, then everything): the extra seconds of the first step
-after each change over a steady step. Trace times are CPU seconds of this
-process (robust to other load); the rest is wall time.
+Each contender runs in its own fresh process, side by side: the workbench
+(build the model, trace the train step, first call) and timm on PyTorch
+(build, first step; nothing to trace), both with AdamW on one in-memory
+batch. Then a staged unfreeze the way `finetune` runs it (head only, then
+stage4, then everything; frozen BatchNorm in inference mode in both): the
+extra seconds of the first step after each change over a steady step. The
+workbench's trace time is CPU seconds of its process (robust to other load);
+the rest is wall time.
+
+A first step also touches memory the process never used (activations kept
+for the backward pass, gradients, optimizer slots): the growth of the peak
+resident set is printed, and a control process times touching as much fresh
+memory with numpy, which shows how much of the first step is the machine
+handing out pages rather than either framework.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import time
 
 import numpy as np
+
+from workbench.bench import run_in_process
+
+CONTENDERS = ("workbench", "timm")
+PHASES = ("head only", "+stage4", "+all")
 
 
 def _wall(fn):
@@ -27,56 +43,151 @@ def _cpu(fn):
     return time.process_time() - start, out
 
 
-def measure(variant, size, batch):
-    """Seconds: build, trace, first call, steady step, and (phase, transition) pairs."""
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _transitions(set_phase, step) -> list:
+    """(phase, extra seconds of the first step after the change, steady step) for each of PHASES."""
+    out = []
+    for phase in PHASES:
+        set_phase(phase)
+        change, _ = _wall(step)
+        again = float(np.median([_wall(step)[0] for _ in range(2)]))
+        out.append((phase, change - again, again))
+    return out
+
+
+def _workbench(variant, size, batch) -> dict:
     import keras
     import tensorflow as tf
 
     import workbench as wb
     from workbench.contract import trainable_candidates
+    from workbench.runtime import training_graph_optimization
     from workbench.unfreeze import GradualUnfreezing
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     y = keras.ops.one_hot(rng.integers(0, 5, batch), 5)
-    build, model = _wall(lambda: wb.regnet(variant, num_classes=5, input_shape=(size, size, 3)))
-    opt = wb.DiscriminativeOptimizer(keras.optimizers.AdamW(1e-3), model)
-    model.compile(opt, keras.losses.CategoricalCrossentropy())
-    opt.build(trainable_candidates(model))
-    step = tf.function(model.train_step, reduce_retracing=True, autograph=False)
-    spec = (tf.TensorSpec(x.shape, tf.float32), tf.TensorSpec(y.shape, tf.float32))
-    trace, _ = _cpu(lambda: step.get_concrete_function(spec))
-    first, _ = _wall(lambda: step((x, y)))
-    steady = float(np.median([_wall(lambda: step((x, y)))[0] for _ in range(3)]))
-    transitions = []
-    staged = GradualUnfreezing({0: "head", 1: "stage4", 2: "all"}, verbose=0)
-    staged.set_model(model)
-    for epoch, phase in enumerate(("head only", "+stage4", "+all")):
-        staged.on_epoch_begin(epoch)
-        change, _ = _wall(lambda: model.train_on_batch(x, y))
-        again = float(np.median([_wall(lambda: model.train_on_batch(x, y))[0] for _ in range(2)]))
-        transitions.append((phase, change - again, again))
-    return dict(build=build, trace=trace, first=first, steady=steady, transitions=transitions)
+    with training_graph_optimization():  # as in finetune
+        build, model = _wall(lambda: wb.regnet(variant, num_classes=5, input_shape=(size, size, 3)))
+        opt = wb.DiscriminativeOptimizer(keras.optimizers.AdamW(1e-3), model)
+        model.compile(opt, keras.losses.CategoricalCrossentropy())
+        opt.build(trainable_candidates(model))
+        step = tf.function(model.train_step, reduce_retracing=True, autograph=False)
+        spec = (tf.TensorSpec(x.shape, tf.float32), tf.TensorSpec(y.shape, tf.float32))
+        trace, _ = _cpu(lambda: step.get_concrete_function(spec))
+        before = _peak_gb()
+        first, _ = _wall(lambda: step((x, y)))
+        fresh = _peak_gb() - before
+        steady = float(np.median([_wall(lambda: step((x, y)))[0] for _ in range(3)]))
+        staged = GradualUnfreezing({0: "head", 1: "stage4", 2: "all"}, verbose=0)
+        staged.set_model(model)
+        transitions = _transitions(lambda phase: staged.on_epoch_begin(PHASES.index(phase)),
+                                   lambda: model.train_on_batch(x, y))
+    return dict(build=build, trace=trace, first=first, steady=steady, fresh_gb=fresh, transitions=transitions)
+
+
+def _timm(variant, size, batch) -> dict:
+    import timm
+    import torch
+
+    from workbench.pretrained import timm_name
+
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(0, 255, (batch, 3, size, size)).astype("float32"))
+    y = torch.from_numpy(rng.integers(0, 5, batch))
+    build, model = _wall(lambda: timm.create_model(timm_name(variant), pretrained=False, num_classes=5))
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    before = _peak_gb()
+    first, _ = _wall(step)
+    fresh = _peak_gb() - before
+    steady = float(np.median([_wall(step)[0] for _ in range(3)]))
+    stages = [model.stem, *(getattr(model, f"s{i}") for i in range(1, 5))] if hasattr(model, "s4") \
+        else [model.stem, *model.stages]
+    head = [model.final_conv, model.head]
+
+    def set_phase(phase):
+        trainable = {"head only": head, "+stage4": head + stages[-1:], "+all": head + stages}[phase]
+        for module in stages + head:
+            on = any(module is t for t in trainable)
+            module.requires_grad_(on)
+            module.train(on)  # frozen BatchNorm in inference mode, as in the workbench
+
+    transitions = _transitions(set_phase, step)
+    return dict(build=build, trace=0.0, first=first, steady=steady, fresh_gb=fresh, transitions=transitions)
+
+
+def _touch(gb) -> dict:
+    """Seconds to write `gb` GB of memory this process never used (kept, in 256 MiB blocks)."""
+    n = max(1, round(gb * 4))
+    start = time.perf_counter()
+    blocks = [np.ones(2**25) for _ in range(n)]
+    seconds = time.perf_counter() - start
+    del blocks
+    return {"gb": n / 4, "seconds": seconds}
+
+
+def _in_process(contender, variant, size, batch, gb=0.0):
+    return run_in_process("workbench.bench.startup", ["--one", contender, "--variant", variant, "--size", str(size),
+                                                      "--batch", str(batch), "--gb", str(gb)])
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="regnety_200mf")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--gb", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from workbench.runtime import training_graph_optimization
+    if args.one:
+        run = {"workbench": _workbench, "timm": _timm}.get(args.one)
+        print(json.dumps(_touch(args.gb) if args.one == "touch" else run(args.variant, args.size, args.batch)))
+        return
+    unknown = sorted(set(args.contenders.split(",")) - set(CONTENDERS))
+    if unknown:
+        parser.error(f"unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
+    from workbench.design import resolve_variant
 
-    with training_graph_optimization():  # as in finetune
-        r = measure(args.variant, args.size, args.batch)
-    print(f"{args.variant}, {args.size}px, batch {args.batch}, fp32")
-    print(f"  build model          {r['build']:6.2f} s")
-    print(f"  trace train step     {r['trace']:6.2f} s CPU (Python: layers, gradient graph, optimizer)")
-    print(f"  first call           {r['first']:6.2f} s   (graph set-up and one step; a steady step takes "
-          f"{r['steady']:.2f} s)")
-    print(f"  time to first step   {r['build'] + r['trace'] + r['first']:6.2f} s")
-    for phase, cost, steady in r["transitions"]:
-        print(f"  unfreeze to {phase:10s} costs {cost:5.2f} s over a steady step of {steady:.2f} s")
+    variant = resolve_variant(args.variant)
+    rows = {c: _in_process(c, variant, args.size, args.batch) for c in args.contenders.split(",")}
+    ran = {c: r for c, (r, _) in rows.items() if r}
+    print(f"{variant}, {args.size}px, batch {args.batch}, fp32, AdamW; seconds; each contender in its own "
+          f"process, {os.cpu_count()} CPU cores")
+    print(f"  {'':34s}" + "".join(f"{c:>11s}" for c in rows))
+
+    def line(label, value):
+        print(f"  {label:34s}" + "".join(f"{value(ran[c]) if c in ran else '-':>11s}" for c in rows))
+
+    line("build the model", lambda r: f"{r['build']:.2f}")
+    line("trace the train step (CPU s)", lambda r: f"{r['trace']:.2f}" if r["trace"] else "-")
+    line("first call (one step included)", lambda r: f"{r['first']:.2f}")
+    line("time to the first step", lambda r: f"{r['build'] + r['trace'] + r['first']:.2f}")
+    line("  fresh memory it touched (GB)", lambda r: f"{r['fresh_gb']:.2f}")
+    line("a steady step, all stages", lambda r: f"{r['steady']:.2f}")
+    for i, phase in enumerate(PHASES):
+        line(f"unfreeze to {phase} (extra s)", lambda r, i=i: f"{r['transitions'][i][1]:.2f}")
+    for contender, (r, why) in rows.items():
+        if r is None:
+            print(f"  ({contender}: {why})")
+    if ran:
+        gb = max(r["fresh_gb"] for r in ran.values())
+        touch, _ = _in_process("touch", variant, args.size, args.batch, gb)
+        if touch:
+            print(f"Control: writing {touch['gb']:.2f} GB of fresh memory with numpy takes {touch['seconds']:.2f} s "
+                  f"in a fresh process on this machine.")
 
 
 if __name__ == "__main__":
