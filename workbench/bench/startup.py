@@ -47,14 +47,13 @@ def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _transitions(set_phase, step) -> list:
-    """(phase, extra seconds of the first step after the change, steady step) for each of PHASES."""
+def _transitions(set_phase, step) -> list[float]:
+    """For each of PHASES, the extra seconds of the first step after the change over a steady step."""
     out = []
     for phase in PHASES:
         set_phase(phase)
         change, _ = _wall(step)
-        again = float(np.median([_wall(step)[0] for _ in range(2)]))
-        out.append((phase, change - again, again))
+        out.append(change - float(np.median([_wall(step)[0] for _ in range(2)])))
     return out
 
 
@@ -153,8 +152,10 @@ def main(argv=None):
     parser.add_argument("--gb", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        run = {"workbench": _workbench, "timm": _timm}.get(args.one)
-        print(json.dumps(_touch(args.gb) if args.one == "touch" else run(args.variant, args.size, args.batch)))
+        if args.one == "touch":
+            print(json.dumps(_touch(args.gb)))
+        else:
+            print(json.dumps({"workbench": _workbench, "timm": _timm}[args.one](args.variant, args.size, args.batch)))
         return
     unknown = sorted(set(args.contenders.split(",")) - set(CONTENDERS))
     if unknown:
@@ -178,7 +179,7 @@ def main(argv=None):
     line("  fresh memory it touched (GB)", lambda r: f"{r['fresh_gb']:.2f}")
     line("a steady step, all stages", lambda r: f"{r['steady']:.2f}")
     for i, phase in enumerate(PHASES):
-        line(f"unfreeze to {phase} (extra s)", lambda r, i=i: f"{r['transitions'][i][1]:.2f}")
+        line(f"unfreeze to {phase} (extra s)", lambda r, i=i: f"{r['transitions'][i]:.2f}")
     for contender, (r, why) in rows.items():
         if r is None:
             print(f"  ({contender}: {why})")
