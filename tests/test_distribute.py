@@ -82,7 +82,7 @@ def test_two_workers_train_as_one_resume_after_a_lost_worker_and_match_one_proce
         "best.keras", "last.keras", "state.json"]
 
     # The same job in one process with two replicas (the same global batch of 16, 8 per replica).
-    single = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    single = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import json, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -92,7 +92,7 @@ def test_two_workers_train_as_one_resume_after_a_lost_worker_and_match_one_proce
                               augment=False, verbose=False)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         r = wb.finetune(tiny_regnet, data, epochs=3, unfreeze="0:head,1:all", strategy=strategy, verbose=0)
-        print("RESULT", json.dumps({{"history": r.history}}))
+        print("RESULT", json.dumps({"history": r.history}))
         """)], capture_output=True, text=True, env=ENV, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     one = _result(single.stdout)["history"]
