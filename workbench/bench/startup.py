@@ -12,9 +12,10 @@ the rest is wall time.
 A first step also touches memory the process never used (activations kept
 for the backward pass, gradients, optimizer slots): the growth of the peak
 resident set is printed, and a control process times writing as much fresh
-memory with numpy: what fresh memory costs on this machine at the time of the
-run (on a virtual machine it varies from hour to hour, so compare the
-contenders within one run).
+memory with numpy: what fresh memory costs on this machine. It does not
+predict a framework's first step (on a virtual machine the same program's
+first step can halve between runs while the control holds), so compare the
+contenders within one run.
 """
 from __future__ import annotations
 
