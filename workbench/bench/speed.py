@@ -8,9 +8,13 @@ one well), on the same random batch, after warm-up; figures are medians over
 the timed steps. Training is one SGD-with-momentum step on cross-entropy;
 inference is a forward pass in inference mode. The workbench runs in float32
 and in mixed bfloat16, timm in float32 and under `torch.autocast("cpu",
-torch.bfloat16)`; contenders that are not installed (timm, kimm) are skipped
-with a note (kimm and tf_keras.applications have no RegNetZ). Ratios compare
-each row with timm's best precision on this machine.
+torch.bfloat16)`, each once as installed and once "_tuned": with glibc's malloc
+told to keep freed memory (`workbench.bench.KEEP_FREED_MEMORY`), without which
+a PyTorch training step here takes page faults for about 1 GiB of activations.
+Any contender takes the suffix (the workbench's figures do not move with it: it
+faults about 2 MiB per step). Contenders that are not installed (timm, kimm)
+are skipped with a note (kimm and tf_keras.applications have no RegNetZ).
+Ratios compare each row with timm's best row on this machine.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ import os
 
 import numpy as np
 
-from workbench.bench import run_in_process
+from workbench.bench import TUNED, parse_contenders, run_in_process, split_tuned
 
 CONTENDERS = ("workbench", "workbench_bf16", "timm", "timm_bf16", "kimm", "tf_keras")
+DEFAULT = ("workbench", "workbench_bf16", "timm", "timm" + TUNED, "timm_bf16", "timm_bf16" + TUNED, "kimm", "tf_keras")
 
 
 def _batch(batch, size, seed=0):
@@ -105,14 +110,15 @@ def run_one(contender, variant, batch, size, steps):
 
 
 def _in_process(contender, variant, batch, size, steps):
-    return run_in_process("workbench.bench.speed", ["--one", contender, "--variants", variant, "--batch", str(batch),
-                                                    "--size", str(size), "--steps", str(steps)])
+    name, env = split_tuned(contender)
+    return run_in_process("workbench.bench.speed", ["--one", name, "--variants", variant, "--batch", str(batch),
+                                                    "--size", str(size), "--steps", str(steps)], env)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="regnety_200mf")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--contenders", default=",".join(DEFAULT))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=6, help="timed training steps (inference: twice as many)")
@@ -122,22 +128,24 @@ def main(argv=None):
         train, infer = run_one(args.one, args.variants, args.batch, args.size, args.steps)
         print(json.dumps({"train": train, "infer": infer}))
         return
+    contenders = parse_contenders(parser, args.contenders, CONTENDERS)
     from workbench.design import resolve_variant
 
     print(f"batch {args.batch}, {args.size}x{args.size}, {os.cpu_count()} CPU cores; img/s, medians; "
           f"each contender in its own process")
     for variant in (resolve_variant(v) for v in args.variants.split(",")):
-        rows = {c: (None, "has no RegNetZ") if c in ("kimm", "tf_keras") and variant.startswith("regnetz")
-                else _in_process(c, variant, args.batch, args.size, args.steps) for c in args.contenders.split(",")}
+        no_z = ("kimm", "tf_keras") if variant.startswith("regnetz") else ()
+        rows = {c: (None, "has no RegNetZ") if split_tuned(c)[0] in no_z
+                else _in_process(c, variant, args.batch, args.size, args.steps) for c in contenders}
         timm = [r for c, (r, _) in rows.items() if c.startswith("timm") and r]
         best = {k: max(r[k] for r in timm) for k in ("train", "infer")} if timm else None
-        print(f"\n{variant:14s} {'train':>8s} {'infer':>8s}" + ("   vs timm's best: train  infer" if best else ""))
+        print(f"\n{variant:16s} {'train':>8s} {'infer':>8s}" + ("   vs timm's best: train  infer" if best else ""))
         for contender, (r, why) in rows.items():
             if r is None:
-                print(f"  {contender:14s} {'-':>8s} {'-':>8s}   ({why})")
+                print(f"  {contender:16s} {'-':>8s} {'-':>8s}   ({why})")
                 continue
             ratio = f"   {r['train'] / best['train']:14.2f}x {r['infer'] / best['infer']:5.2f}x" if best else ""
-            print(f"  {contender:14s} {r['train']:8.1f} {r['infer']:8.1f}{ratio}")
+            print(f"  {contender:16s} {r['train']:8.1f} {r['infer']:8.1f}{ratio}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 Each contender runs in its own fresh process, side by side: the workbench
 (build the model, trace the train step, first call) and timm on PyTorch
-(build, first step; nothing to trace), both with AdamW on one in-memory
-batch. Then a staged unfreeze the way `finetune` runs it (head only, then
-stage4, then everything; frozen BatchNorm in inference mode in both): the
-extra seconds of the first step after each change over a steady step. The
-workbench's trace time is CPU seconds of its process (robust to other load);
-the rest is wall time.
+(build, first step; nothing to trace), both with AdamW on one in-memory batch;
+timm also "_tuned", with glibc's malloc keeping freed memory (see
+`workbench.bench.KEEP_FREED_MEMORY` and `workbench.bench.speed`). Then a
+staged unfreeze the way `finetune` runs it (head only, then stage4, then
+everything; frozen BatchNorm in inference mode in both): the extra seconds of
+the first step after each change over a steady step. The workbench's trace
+time is CPU seconds of its process (robust to other load); the rest is wall
+time.
 
 A first step also touches memory the process never used (activations kept
 for the backward pass, gradients, optimizer slots): the growth of the peak
@@ -27,9 +29,10 @@ import time
 
 import numpy as np
 
-from workbench.bench import run_in_process
+from workbench.bench import TUNED, parse_contenders, run_in_process, split_tuned
 
 CONTENDERS = ("workbench", "timm")
+DEFAULT = ("workbench", "timm", "timm" + TUNED)
 PHASES = ("head only", "+stage4", "+all")
 
 
@@ -140,14 +143,15 @@ def _touch(gb) -> dict:
 
 
 def _in_process(contender, variant, size, batch, gb=0.0):
-    return run_in_process("workbench.bench.startup", ["--one", contender, "--variant", variant, "--size", str(size),
-                                                      "--batch", str(batch), "--gb", str(gb)])
+    name, env = split_tuned(contender)
+    return run_in_process("workbench.bench.startup", ["--one", name, "--variant", variant, "--size", str(size),
+                                                      "--batch", str(batch), "--gb", str(gb)], env)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="regnety_200mf")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--contenders", default=",".join(DEFAULT))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -159,13 +163,11 @@ def main(argv=None):
         else:
             print(json.dumps({"workbench": _workbench, "timm": _timm}[args.one](args.variant, args.size, args.batch)))
         return
-    unknown = sorted(set(args.contenders.split(",")) - set(CONTENDERS))
-    if unknown:
-        parser.error(f"unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
+    contenders = parse_contenders(parser, args.contenders, CONTENDERS)
     from workbench.design import resolve_variant
 
     variant = resolve_variant(args.variant)
-    rows = {c: _in_process(c, variant, args.size, args.batch) for c in args.contenders.split(",")}
+    rows = {c: _in_process(c, variant, args.size, args.batch) for c in contenders}
     ran = {c: r for c, (r, _) in rows.items() if r}
     print(f"{variant}, {args.size}px, batch {args.batch}, fp32, AdamW; seconds; each contender in its own "
           f"process, {os.cpu_count()} CPU cores")

@@ -1,0 +1,52 @@
+"""The benchmarks' plumbing: a fresh process per contender ("_tuned": glibc keeps freed memory)."""
+import platform
+
+import pytest
+
+from workbench.bench import KEEP_FREED_MEMORY, run_in_process, split_tuned
+
+# Writes a fresh 64 MiB block, frees it, and counts the page faults of writing a second one.
+PROBE = '''
+import json, resource
+import numpy as np
+
+def fresh_block_faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = np.ones(2**23)
+    del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+fresh_block_faults()
+print(json.dumps({"faults": fresh_block_faults()}))
+'''
+
+
+def test_split_tuned_adds_to_the_users_glibc_tunables(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert split_tuned("timm") == ("timm", {})
+    assert split_tuned("timm_bf16_tuned") == (
+        "timm_bf16", {"GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{KEEP_FREED_MEMORY}"})
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert split_tuned("timm_tuned")[1] == {"GLIBC_TUNABLES": KEEP_FREED_MEMORY}
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc tunables")
+def test_a_tuned_process_reuses_freed_memory_without_page_faults(tmp_path, monkeypatch):
+    (tmp_path / "fault_probe.py").write_text(PROBE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    plain, why = run_in_process("fault_probe", [])
+    assert why is None
+    tuned, why = run_in_process("fault_probe", [], split_tuned("timm_tuned")[1])
+    assert why is None
+    assert plain["faults"] >= 32  # glibc gave the block back: 64 MiB faults again (2 MiB pages at most)
+    assert tuned["faults"] < plain["faults"] / 8
+
+
+def test_a_process_that_fails_says_why(tmp_path, monkeypatch):
+    (tmp_path / "broken_probe.py").write_text("raise SystemExit('no figures today')\n")
+    (tmp_path / "missing_probe.py").write_text("import a_framework_not_installed_here\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert run_in_process("broken_probe", []) == (None, "no figures today")
+    assert run_in_process("missing_probe", []) == (None, "not installed")
+
