@@ -1,4 +1,4 @@
-"""The benchmarks' plumbing: a fresh process per contender ("_tuned": glibc keeps freed memory)."""
+"""The benchmarks' plumbing: a fresh process per contender ("_tuned": glibc keeps freed memory), the ops profile."""
 import platform
 
 import pytest
@@ -50,3 +50,14 @@ def test_a_process_that_fails_says_why(tmp_path, monkeypatch):
     assert run_in_process("broken_probe", []) == (None, "no figures today")
     assert run_in_process("missing_probe", []) == (None, "not installed")
 
+
+def test_the_ops_profile_times_the_convolutions_of_a_train_step_and_an_inference_pass():
+    from workbench.bench.ops import workbench_ops
+
+    result = workbench_ops("regnety_200mf", batch=4, size=64, top=5)
+    for step in ("train", "infer"):
+        r = result[step]
+        assert r["wall"] > 0 and r["total"] > 0 and len(r["ops"]) == 5
+        assert [s for _, s, _ in r["ops"]] == sorted((s for _, s, _ in r["ops"]), reverse=True)
+        assert any("Conv2D" in op and seconds > 0 and calls > 0 for op, seconds, calls in r["ops"]), r["ops"]
+    assert any("Backprop" in op for op, _, _ in result["train"]["ops"])
