@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 # glibc's malloc hands blocks of 32 MiB and more back to the kernel when they are freed, and trims
 # the top of its heap, so a framework that frees its activations after every step (PyTorch does;
@@ -22,6 +23,22 @@ def split_tuned(contender: str) -> tuple[str, dict[str, str]]:
         return contender, {}
     tunables = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), KEEP_FREED_MEMORY)))
     return contender[:-len(TUNED)], {"GLIBC_TUNABLES": tunables}
+
+
+def timed(fn):
+    """(wall seconds of `fn()`, what it returned)."""
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def random_batch(batch: int, size: int, seed: int = 0):
+    """The benchmarks' input: `batch` random NHWC float32 images in [0, 255] and ImageNet labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"),
+            rng.integers(0, 1000, batch))
 
 
 def parse_contenders(parser, text: str, known) -> list[str]:
@@ -47,3 +64,9 @@ def run_in_process(module: str, args: list[str], env: dict[str, str] | None = No
         missing = "ModuleNotFoundError" in out.stderr
         return None, ("not installed" if missing else (out.stderr.strip().splitlines() or ["failed"])[-1])
     return json.loads(lines[-1]), None
+
+
+def run_contender(module: str, contender: str, args: list[str]):
+    """`run_in_process(module, ["--one", contender, *args])`, a "_tuned" contender with its environment."""
+    name, env = split_tuned(contender)
+    return run_in_process(module, ["--one", name, *args], env)

@@ -14,20 +14,11 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import time
 
-import numpy as np
-
-from workbench.bench import TUNED, parse_contenders, run_in_process, split_tuned
+from workbench.bench import TUNED, parse_contenders, random_batch, run_contender, timed
 
 CONTENDERS = ("workbench", "timm")
 DEFAULT = ("workbench", "timm" + TUNED)
-
-
-def _wall(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def workbench_ops(variant, batch, size, top):
@@ -42,9 +33,7 @@ def workbench_ops(variant, batch, size, top):
     import workbench as wb
     from workbench.runtime import training_graph_optimization
 
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    y = rng.integers(0, 1000, batch)
+    x, y = random_batch(batch, size)
     model = wb.regnet(variant, input_shape=(size, size, 3))
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
 
@@ -54,7 +43,7 @@ def workbench_ops(variant, batch, size, top):
         with tempfile.TemporaryDirectory() as logdir:
             tf.profiler.experimental.start(logdir)
             try:
-                wall = _wall(step)
+                wall, _ = timed(step)
             finally:
                 tf.profiler.experimental.stop()
             space = xplane_pb2.XSpace()
@@ -89,9 +78,8 @@ def timm_ops(variant, batch, size, top):
     from workbench.pretrained import timm_name
 
     torch.set_num_threads(os.cpu_count())
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.uniform(0, 255, (batch, 3, size, size)).astype("float32"))
-    y = torch.from_numpy(rng.integers(0, 1000, batch))
+    x, y = random_batch(batch, size)
+    x, y = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
     model = timm.create_model(timm_name(variant), pretrained=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
@@ -109,7 +97,7 @@ def timm_ops(variant, batch, size, top):
         for _ in range(3):
             step()
         with torch_profile() as prof:
-            wall = _wall(step)
+            wall, _ = timed(step)
         seconds, count = collections.Counter(), collections.Counter()
         for event in prof.key_averages():
             if event.self_cpu_time_total > 0:
@@ -147,10 +135,8 @@ def main(argv=None):
     variant = resolve_variant(args.variant)
     print(f"{variant}, batch {args.batch}, {args.size}px, fp32; seconds of one profiled step")
     for contender in contenders:
-        name, env = split_tuned(contender)
-        result, why = run_in_process("workbench.bench.ops", ["--one", name, "--variant", variant, "--batch",
-                                                             str(args.batch), "--size", str(args.size),
-                                                             "--top", str(args.top)], env)
+        result, why = run_contender("workbench.bench.ops", contender, [
+            "--variant", variant, "--batch", str(args.batch), "--size", str(args.size), "--top", str(args.top)])
         if result is None:
             print(f"\n{contender}: {why}")
             continue

@@ -22,18 +22,10 @@ import argparse
 import json
 import os
 
-import numpy as np
-
-from workbench.bench import TUNED, parse_contenders, run_in_process, split_tuned
+from workbench.bench import TUNED, parse_contenders, random_batch, run_contender, split_tuned
 
 CONTENDERS = ("workbench", "workbench_bf16", "timm", "timm_bf16", "kimm", "tf_keras")
 DEFAULT = ("workbench", "workbench_bf16", "timm", "timm" + TUNED, "timm_bf16", "timm_bf16" + TUNED, "kimm", "tf_keras")
-
-
-def _batch(batch, size, seed=0):
-    rng = np.random.default_rng(seed)
-    return (rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"),
-            rng.integers(0, 1000, batch))
 
 
 def _keras(contender, variant, batch, size, steps):
@@ -42,7 +34,7 @@ def _keras(contender, variant, batch, size, steps):
     from workbench.design import keras_applications_name
     from workbench.timing import throughput
 
-    x, y = _batch(batch, size)
+    x, y = random_batch(batch, size)
     shape = (size, size, 3)
     if contender.startswith("workbench"):
         import workbench as wb
@@ -77,7 +69,7 @@ def _timm(contender, variant, batch, size, steps):
     from workbench.timing import median_seconds
 
     torch.set_num_threads(os.cpu_count())
-    x, y = _batch(batch, size)
+    x, y = random_batch(batch, size)
     x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(y)
     model = timm.create_model(timm_name(variant), pretrained=False)
@@ -110,9 +102,8 @@ def run_one(contender, variant, batch, size, steps):
 
 
 def _in_process(contender, variant, batch, size, steps):
-    name, env = split_tuned(contender)
-    return run_in_process("workbench.bench.speed", ["--one", name, "--variants", variant, "--batch", str(batch),
-                                                    "--size", str(size), "--steps", str(steps)], env)
+    return run_contender("workbench.bench.speed", contender, ["--variants", variant, "--batch", str(batch),
+                                                              "--size", str(size), "--steps", str(steps)])
 
 
 def main(argv=None):

@@ -29,17 +29,11 @@ import time
 
 import numpy as np
 
-from workbench.bench import TUNED, parse_contenders, run_in_process, split_tuned
+from workbench.bench import TUNED, parse_contenders, run_contender, timed
 
 CONTENDERS = ("workbench", "timm")
 DEFAULT = ("workbench", "timm", "timm" + TUNED)
 PHASES = ("head only", "+stage4", "+all")
-
-
-def _wall(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def _cpu(fn):
@@ -57,8 +51,8 @@ def _transitions(set_phase, step) -> list[float]:
     out = []
     for phase in PHASES:
         set_phase(phase)
-        change, _ = _wall(step)
-        out.append(change - float(np.median([_wall(step)[0] for _ in range(2)])))
+        change, _ = timed(step)
+        out.append(change - float(np.median([timed(step)[0] for _ in range(2)])))
     return out
 
 
@@ -75,7 +69,7 @@ def _workbench(variant, size, batch) -> dict:
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     y = keras.ops.one_hot(rng.integers(0, 5, batch), 5)
     with training_graph_optimization():  # as in finetune
-        build, model = _wall(lambda: wb.regnet(variant, num_classes=5, input_shape=(size, size, 3)))
+        build, model = timed(lambda: wb.regnet(variant, num_classes=5, input_shape=(size, size, 3)))
         opt = wb.DiscriminativeOptimizer(keras.optimizers.AdamW(1e-3), model)
         model.compile(opt, keras.losses.CategoricalCrossentropy())
         opt.build(trainable_candidates(model))
@@ -83,9 +77,9 @@ def _workbench(variant, size, batch) -> dict:
         spec = (tf.TensorSpec(x.shape, tf.float32), tf.TensorSpec(y.shape, tf.float32))
         trace, _ = _cpu(lambda: step.get_concrete_function(spec))
         before = _peak_gb()
-        first, _ = _wall(lambda: step((x, y)))
+        first, _ = timed(lambda: step((x, y)))
         fresh = _peak_gb() - before
-        steady = float(np.median([_wall(lambda: step((x, y)))[0] for _ in range(3)]))
+        steady = float(np.median([timed(lambda: step((x, y)))[0] for _ in range(3)]))
         staged = GradualUnfreezing({0: "head", 1: "stage4", 2: "all"}, verbose=0)
         staged.set_model(model)
         transitions = _transitions(lambda phase: staged.on_epoch_begin(PHASES.index(phase)),
@@ -104,7 +98,7 @@ def _timm(variant, size, batch) -> dict:
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.uniform(0, 255, (batch, 3, size, size)).astype("float32"))
     y = torch.from_numpy(rng.integers(0, 5, batch))
-    build, model = _wall(lambda: timm.create_model(timm_name(variant), pretrained=False, num_classes=5))
+    build, model = timed(lambda: timm.create_model(timm_name(variant), pretrained=False, num_classes=5))
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
 
     def step():
@@ -114,9 +108,9 @@ def _timm(variant, size, batch) -> dict:
         opt.step()
 
     before = _peak_gb()
-    first, _ = _wall(step)
+    first, _ = timed(step)
     fresh = _peak_gb() - before
-    steady = float(np.median([_wall(step)[0] for _ in range(3)]))
+    steady = float(np.median([timed(step)[0] for _ in range(3)]))
     stages = [model.stem, *(getattr(model, f"s{i}") for i in range(1, 5))] if hasattr(model, "s4") \
         else [model.stem, *model.stages]
     head = [model.final_conv, model.head]
@@ -143,9 +137,8 @@ def _touch(gb) -> dict:
 
 
 def _in_process(contender, variant, size, batch, gb=0.0):
-    name, env = split_tuned(contender)
-    return run_in_process("workbench.bench.startup", ["--one", name, "--variant", variant, "--size", str(size),
-                                                      "--batch", str(batch), "--gb", str(gb)], env)
+    return run_contender("workbench.bench.startup", contender, ["--variant", variant, "--size", str(size),
+                                                                "--batch", str(batch), "--gb", str(gb)])
 
 
 def main(argv=None):
