@@ -45,8 +45,8 @@ def tiny_regnet(num_classes=3, size=32, seed=0, **kwargs):
 def synthetic_machine(speedup=1.0):
     """A planner cost model fitted to points made from known coefficients (per activation / multiply-add),
     `speedup` times faster per image than those."""
-    from workbench import planner
-    from workbench.design import complexity
+    from workbench.plan import planner
+    from workbench.models.design import complexity
     points = []
     for variant, size in (("regnety_200mf", 96), ("regnety_200mf", 160), ("regnety_600mf", 96),
                           ("regnety_600mf", 160)):

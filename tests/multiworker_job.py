@@ -22,6 +22,7 @@ import tensorflow as tf  # noqa: E402
 tf.config.threading.set_intra_op_parallelism_threads(1)  # two workers share the machine's cores
 strategy = wb.make_strategy("multiworker")  # before any other TensorFlow work
 from conftest import tiny_regnet  # noqa: E402
+from workbench.train.distribute import is_chief  # noqa: E402
 
 
 class Die(keras.callbacks.Callback):
@@ -34,6 +35,6 @@ class Die(keras.callbacks.Callback):
 data = wb.load_folder(wb.sample_dataset(), image_size=32, batch_size=16, seed=0, max_train_images=32,
                       augment=False, verbose=False)
 result = wb.finetune(tiny_regnet, data, epochs=int(epochs), unfreeze="0:head,1:all", strategy=strategy,
-                     output_dir=output_dir, callbacks=[Die()] if die_after is not None else None, verbose=2)
+                     precision="float32", output_dir=output_dir, callbacks=[Die()] if die_after is not None else None, verbose=2)
 print("RESULT", json.dumps({"history": result.history, "resumed_at": result.resumed_at,
-                            "strategy": result.strategy, "chief": wb.distribute.is_chief()}), flush=True)
+                            "strategy": result.strategy, "chief": is_chief()}), flush=True)

@@ -5,11 +5,11 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_regnet
 
-from workbench import augment as augmentation
-from workbench.data import pipelines, steps_per_epoch
-from workbench.finetune import finetune
-from workbench.folders import load_folder
-from workbench.sample import sample_dataset
+from workbench.data import augment as augmentation
+from workbench.data.pipeline import pipelines, steps_per_epoch
+from workbench.train.finetune import finetune
+from workbench.data.folders import load_folder
+from workbench.data.sample import sample_dataset
 
 
 def batches(ds):

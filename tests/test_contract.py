@@ -7,8 +7,9 @@ import pytest
 from conftest import tiny_regnet
 
 import workbench as wb
-from workbench import checks, contract, runtime
-from workbench.unfreeze import unfreeze_policy
+from workbench.utils import checks, runtime
+from workbench.models import contract
+from workbench.train.unfreeze import unfreeze_policy
 
 
 def _head(*layers):
@@ -93,7 +94,7 @@ def test_one_lr_decay_rule_for_the_optimizer_the_recipe_and_finetune(tiny_model)
 
 
 def test_unfreeze_policy():
-    pretrained = unfreeze_policy("auto", 9, pretrained=True)  # the benchmark's winner: see workbench.policy
+    pretrained = unfreeze_policy("auto", 9, pretrained=True)  # the benchmark's winner: see workbench.train.policy
     assert pretrained.schedule == "0:all" and pretrained.lr_decay == 1.0
     assert unfreeze_policy("auto", 9, pretrained=True, lr_decay=2.6).lr_decay == 2.6
     staged = unfreeze_policy("0:head,3:stage4,5:stage3+stage2,7:stage1+stem", 9, pretrained=True)

@@ -8,11 +8,11 @@ import pytest
 import tensorflow as tf
 from conftest import write_classes, write_every_format, write_tfds
 
-from workbench.catalog import load_tfds
-from workbench.data import DatasetUnavailableError
-from workbench.folders import load_folder
-from workbench.plots_data import plot_class_distribution, show_batch
-from workbench.sample import CLASSES, sample_dataset
+from workbench.data.tfds import load_tfds
+from workbench.data.pipeline import DatasetUnavailableError
+from workbench.data.folders import load_folder
+from workbench.report.data_plots import plot_class_distribution, show_batch
+from workbench.data.sample import CLASSES, sample_dataset
 
 
 def first(ds):

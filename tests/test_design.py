@@ -2,7 +2,7 @@
 import pytest
 from conftest import TINY
 
-from workbench.design import (CONFIGS, PUBLISHED, PUBLISHED_SIZE, VARIANTS, RegNetConfig,
+from workbench.models.design import (CONFIGS, PUBLISHED, PUBLISHED_SIZE, VARIANTS, RegNetConfig,
                               RegNetZConfig, complexity, generate_regnet, resolve_variant)
 
 Z = ("regnetz_b16", "regnetz_c16", "regnetz_d8", "regnetz_d32", "regnetz_e8", "regnetz_040", "regnetz_040_h")

@@ -12,9 +12,9 @@ from PIL import Image
 
 import workbench as wb
 from conftest import tiny_regnet
-from workbench.contract import feature_extractor
-from workbench.export import FORMATS, export, export_all, tflite_predict
-from workbench.sample import sample_dataset
+from workbench.models.contract import feature_extractor
+from workbench.deploy.export import FORMATS, export, export_all, tflite_predict
+from workbench.data.sample import sample_dataset
 
 SIZE = 64
 

@@ -12,20 +12,20 @@ import keras
 import pytest
 from conftest import tiny_regnet, write_classes
 
-from workbench.contract import CLASSIFIER
-from workbench.finetune import FinetuneResult, finetune
-from workbench.folders import load_folder
-from workbench.sample import sample_dataset
-from workbench.unfreeze import default_schedule
+from workbench.models.contract import CLASSIFIER
+from workbench.train.finetune import FinetuneResult, finetune
+from workbench.data.folders import load_folder
+from workbench.data.sample import sample_dataset
+from workbench.train.unfreeze import default_schedule
 
 SETUP = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import keras, workbench as wb
 from conftest import tiny_regnet
-from workbench.finetune import finetune
-from workbench.folders import load_folder
-from workbench.sample import sample_dataset
+from workbench.train.finetune import finetune
+from workbench.data.folders import load_folder
+from workbench.data.sample import sample_dataset
 data = load_folder(sample_dataset(), image_size=32, batch_size=16, seed=0, max_train_images=32,
                    augment=False, verbose=False)
 model = tiny_regnet()

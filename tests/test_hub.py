@@ -12,11 +12,11 @@ import pytest
 import tensorflow as tf
 
 import workbench as wb
-import workbench.hub
+import workbench.models.tfhub
 from conftest import tiny_regnet
-from workbench.contract import feature_extractor
-from workbench.export import export
-from workbench.hub import (HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier,
+from workbench.models.contract import feature_extractor
+from workbench.deploy.export import export
+from workbench.models.tfhub import (HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier,
                            hub_handle, is_hub_variant)
 
 SIZE = 64
@@ -138,7 +138,7 @@ def test_tf_keras_hub_keraslayer_fine_tunes_the_export(source, tmp_path):
     np.save(tmp_path / "features.npy", feature_extractor(model).predict(x, verbose=0))
     script = textwrap.dedent(f"""
         import json, numpy as np, tf_keras
-        from workbench.hub import import_tensorflow_hub
+        from workbench.models.tfhub import import_tensorflow_hub
         hub = import_tensorflow_hub()
         x = np.load({str(tmp_path / "x.npy")!r})
         layer = hub.KerasLayer({path!r}, trainable=True, input_shape=({SIZE}, {SIZE}, 3))
@@ -171,7 +171,7 @@ def test_bad_paths_say_what_was_expected(tmp_path):
 
 def test_unresolvable_handle_fails_fast_with_advice(monkeypatch, tmp_path):
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(workbench.hub, "looks_offline", lambda hosts=(), timeout=5.0: True)
+    monkeypatch.setattr(workbench.models.tfhub, "looks_offline", lambda hosts=(), timeout=5.0: True)
     start = time.time()
     with pytest.raises(HubModelUnavailableError) as info:
         hub_backbone(SEED_HANDLE)

@@ -5,8 +5,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-from workbench.layers import GroupConv2D, grouped_conv2d, portable_graphs
-from workbench.runtime import cpu_grouped_conv_gradients
+from workbench.models.layers import GroupConv2D, grouped_conv2d, portable_graphs
+from workbench.utils.runtime import cpu_grouped_conv_gradients
 
 ATOL = 1e-4
 
@@ -157,7 +157,7 @@ def test_mixed_precision(policy):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_batchnorm_matches_keras(training):
-    from workbench.layers import BatchNorm
+    from workbench.models.layers import BatchNorm
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(2.0, 3.0, (4, 5, 6, 8)).astype("float32"))
     ref = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)

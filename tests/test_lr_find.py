@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from conftest import tiny_regnet, write_classes
 
-from workbench.folders import load_folder
-from workbench.lr_find import lr_find, suggest_lr
+from workbench.data.folders import load_folder
+from workbench.train.lr_find import lr_find, suggest_lr
 
 
 @pytest.fixture(scope="module")

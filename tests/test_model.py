@@ -5,7 +5,7 @@ import pytest
 
 import workbench as wb
 from conftest import TINY, tiny_regnet
-from workbench.design import complexity, get_config
+from workbench.models.design import complexity, get_config
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench.folders import with_extra_images
-from workbench.noisy_student import _Predictor, select
-from workbench.sample import sample_truth
+from workbench.data.folders import with_extra_images
+from workbench.train.noisy_student import _Predictor, select
+from workbench.data.sample import sample_truth
 
 SIZE = 32
 

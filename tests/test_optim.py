@@ -7,8 +7,8 @@ import tensorflow as tf
 
 import workbench as wb
 from conftest import tiny_regnet
-from workbench.contract import stage_of
-from workbench.optim import DiscriminativeOptimizer
+from workbench.models.contract import stage_of
+from workbench.train.discriminative import DiscriminativeOptimizer
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_bad_input(model):
 
 def test_builds_for_frozen_layers_and_saves_with_state(model, grads, tmp_path):
     """Built for every stage while some are frozen; save + load_model restores the state."""
-    from workbench.schedules import WarmupCosine
+    from workbench.train.lr_schedules import WarmupCosine
 
     for layer in wb.stage_layers(model, "stage1"):
         layer.trainable = False

@@ -9,8 +9,8 @@ import pytest
 from conftest import synthetic_machine, tiny_regnet
 
 import workbench as wb
-from workbench import planner
-from workbench.design import complexity
+from workbench.plan import planner
+from workbench.models.design import complexity
 
 
 @pytest.fixture(scope="module")

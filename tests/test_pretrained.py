@@ -13,10 +13,11 @@ from conftest import FLOAT32_ATOL, downloads, needs_timm
 from safetensors.numpy import save
 
 import workbench as wb
-from workbench import pretrained, recipe
-from workbench import weights as wio
-from workbench.contract import CLASSIFIER
-from workbench.design import VARIANTS, complexity, get_config
+from workbench.models import published as pretrained
+from workbench import recipe
+from workbench.models import convert as wio
+from workbench.models.contract import CLASSIFIER
+from workbench.models.design import VARIANTS, complexity, get_config
 
 SMALL = (64, 64, 3)
 Y200 = "timm/regnety_002.pycls_in1k"

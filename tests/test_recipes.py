@@ -11,9 +11,11 @@ import papermill as pm
 import pytest
 from conftest import synthetic_machine, write_tf_flowers
 
-from workbench import recipe, runtime
-from workbench.unfreeze import unfreeze_policy
-from workbench import weights as wio
+from workbench import recipe
+
+from workbench.utils import runtime
+from workbench.train.unfreeze import unfreeze_policy
+from workbench.models import convert as wio
 
 RECIPES = pathlib.Path(__file__).parent.parent / "recipes"
 TINY = dict(variant="200mf", weights="none", image_size=32, batch_size=16, epochs=2,
@@ -152,7 +154,7 @@ def test_custom_recipe_within_a_budget(tmp_path, monkeypatch):
     profile that promises 100x this machine's speed makes the guard cut the epochs to keep the budget."""
     from dataclasses import asdict
 
-    from workbench import planner
+    from workbench.plan import planner
     monkeypatch.setenv("REGNET_WORKBENCH_CACHE", str(tmp_path / "cache"))
     profile = planner._profile_path(planner.machine_key("float32"))
     profile.parent.mkdir(parents=True)
@@ -206,7 +208,7 @@ def test_custom_recipe_training_policy_parameters(tmp_path):
     metrics = check_outputs(out, ["brick", "grass", "gravel"], epochs=3)
     policy = metrics["policy"]
     assert policy["augment"] == "crop,mixup" and policy["ema"] and policy["tta"] and policy["progressive"]
-    assert policy["bn_refresh"] is True                         # random initialization: see workbench.policy
+    assert policy["bn_refresh"] is True                         # random initialization: see workbench.train.policy
     assert 0 <= metrics["tta_val_accuracy"] <= 1 and metrics["evaluation"]["tta_views"] == 5
     assert metrics["progressive"]["sides"] == [40, 48, 64] and metrics["drop_path"] == 0.1
     model = keras.models.load_model(out / "model.keras")

@@ -10,11 +10,11 @@ import tensorflow as tf
 from conftest import FLOAT32_ATOL, downloads, float64_outputs, needs_timm
 
 import workbench as wb
-from workbench.contract import feature_extractor
-from workbench.design import CONFIGS, RegNetZConfig, complexity
-from workbench.export import export_all
-from workbench.folders import load_folder
-from workbench.sample import sample_dataset
+from workbench.models.contract import feature_extractor
+from workbench.models.design import CONFIGS, RegNetZConfig, complexity
+from workbench.deploy.export import export_all
+from workbench.data.folders import load_folder
+from workbench.data.sample import sample_dataset
 
 Z = [name for name in CONFIGS if name.startswith("regnetz")]
 WIDE = (192, 256)                        # a non-square size, besides each model's native one

@@ -7,12 +7,12 @@ import tensorflow as tf
 from conftest import tiny_regnet
 
 import workbench as wb
-from workbench import bn_stats, progressive
-from workbench.finetune import finetune
-from workbench.folders import load_folder
-from workbench.model import DropPath
-from workbench.sample import sample_dataset
-from workbench.tta import tta_accuracy
+from workbench.train import bn_refresh as bn_stats, progressive
+from workbench.train.finetune import finetune
+from workbench.data.folders import load_folder
+from workbench.models.regnet import DropPath
+from workbench.data.sample import sample_dataset
+from workbench.train.tta import tta_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,9 @@ def test_drop_path_per_block_off_in_inference_saved_and_loaded(tmp_path):
 
 
 def test_ema_evaluates_and_returns_the_averaged_weights(data):
-    raw = finetune(tiny_regnet(), data, epochs=3, unfreeze="0:all", restore_best=False, verbose=0)
-    averaged = finetune(tiny_regnet(), data, epochs=3, unfreeze="0:all", restore_best=False, ema=True, verbose=0)
+    exact = dict(unfreeze="0:all", restore_best=False, precision="float32", verbose=0)  # compared to 1e-4
+    raw = finetune(tiny_regnet(), data, epochs=3, **exact)
+    averaged = finetune(tiny_regnet(), data, epochs=3, ema=True, **exact)
     opt = averaged.model.optimizer.inner_optimizer
     assert opt.use_ema and 0.9 <= opt.ema_momentum < 1
     for v, avg in zip(opt._trainable_variables, opt._model_variables_moving_average):
@@ -61,7 +62,7 @@ def test_ema_evaluates_and_returns_the_averaged_weights(data):
     np.testing.assert_allclose(raw.history["loss"], averaged.history["loss"], rtol=1e-4)  # training unchanged
     # (to rounding: Keras swaps weights in place with additions)
     assert raw.history["val_loss"] != averaged.history["val_loss"]        # evaluated on other weights
-    again = finetune(tiny_regnet(), data, epochs=3, unfreeze="0:all", restore_best=False, ema=True, verbose=0)
+    again = finetune(tiny_regnet(), data, epochs=3, ema=True, **exact)
     assert again.history == averaged.history and averaged.policy["ema"] is True
 
 

@@ -9,12 +9,12 @@ import pytest
 from conftest import tiny_regnet, write_classes
 from PIL import Image
 
-from workbench.folders import load_folder
-from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,
+from workbench.data.folders import load_folder
+from workbench.report.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,
                                plot_lr_schedule, plot_top_losses, plot_training_curves,
                                predict_dataset, write_report)
-from workbench.optim import DiscriminativeOptimizer
-from workbench.schedules import WarmupCosine
+from workbench.train.discriminative import DiscriminativeOptimizer
+from workbench.train.lr_schedules import WarmupCosine
 
 
 @pytest.fixture(scope="module")

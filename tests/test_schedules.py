@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from workbench.schedules import OneCycle, WarmupCosine
+from workbench.train.lr_schedules import OneCycle, WarmupCosine
 
 
 def values(schedule, steps):

@@ -6,7 +6,7 @@ import pytest
 
 import workbench as wb
 from conftest import tiny_regnet
-from workbench.unfreeze import GradualUnfreezing, parse_schedule, stages_at
+from workbench.train.unfreeze import GradualUnfreezing, parse_schedule, stages_at
 
 
 def test_parse_schedule_forms():

@@ -8,7 +8,7 @@ import pytest
 
 import workbench as wb
 from conftest import FLOAT32_ATOL, float64_outputs, needs_timm
-from workbench import weights as wio
+from workbench.models import convert as wio
 
 KERAS_REFERENCE = [("regnety_200mf", "RegNetY002"), ("regnety_400mf", "RegNetY004"),
                    ("regnety_600mf", "RegNetY006"), ("regnetx_200mf", "RegNetX002"),

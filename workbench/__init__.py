@@ -1,31 +1,31 @@
 """RegNet fine-tuning workbench for TensorFlow 2 / Keras 3."""
-from workbench.runtime import import_tensorflow_quietly, seed_everything
+from workbench.utils.runtime import import_tensorflow_quietly, seed_everything
 
 import_tensorflow_quietly()
 
-from workbench.catalog import load_tfds  # noqa: E402
-from workbench.contract import STAGES, feature_extractor, outputs_logits, stage_layers  # noqa: E402
-from workbench.data import DatasetUnavailableError, ImageData, cache_root  # noqa: E402
-from workbench.distribute import make_strategy  # noqa: E402
-from workbench.design import VARIANTS, RegNetConfig, RegNetZConfig, complexity, resolve_variant  # noqa: E402
-from workbench.export import export, export_all  # noqa: E402
-from workbench.finetune import FinetuneResult, finetune  # noqa: E402
-from workbench.folders import load_folder  # noqa: E402
-from workbench.hub import HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier  # noqa: E402
-from workbench.lr_find import LRFindResult, lr_find, suggest_lr  # noqa: E402
-from workbench.model import regnet  # noqa: E402
-from workbench.optim import DiscriminativeOptimizer  # noqa: E402
-from workbench.planner import Plan, plan  # noqa: E402
-from workbench.plots_data import plot_class_distribution, show_batch  # noqa: E402
-from workbench.policy import TrainingPolicy, training_policy  # noqa: E402
-from workbench.pretrained import WeightsUnavailableError, list_weights  # noqa: E402
-from workbench.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,  # noqa: E402
+from workbench.data.tfds import load_tfds  # noqa: E402
+from workbench.models.contract import STAGES, feature_extractor, outputs_logits, stage_layers  # noqa: E402
+from workbench.data.pipeline import DatasetUnavailableError, ImageData, cache_root  # noqa: E402
+from workbench.train.distribute import make_strategy  # noqa: E402
+from workbench.models.design import VARIANTS, RegNetConfig, RegNetZConfig, complexity, resolve_variant  # noqa: E402
+from workbench.deploy.export import export, export_all  # noqa: E402
+from workbench.train.finetune import FinetuneResult, finetune  # noqa: E402
+from workbench.data.folders import load_folder  # noqa: E402
+from workbench.models.tfhub import HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier  # noqa: E402
+from workbench.train.lr_find import LRFindResult, lr_find, suggest_lr  # noqa: E402
+from workbench.models.regnet import regnet  # noqa: E402
+from workbench.train.discriminative import DiscriminativeOptimizer  # noqa: E402
+from workbench.plan.planner import Plan, plan  # noqa: E402
+from workbench.report.data_plots import plot_class_distribution, show_batch  # noqa: E402
+from workbench.train.policy import TrainingPolicy, training_policy  # noqa: E402
+from workbench.models.published import WeightsUnavailableError, list_weights  # noqa: E402
+from workbench.report.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,  # noqa: E402
                                plot_lr_schedule, plot_top_losses, plot_training_curves,
                                predict_dataset, write_report)
-from workbench.noisy_student import NoisyStudentResult, noisy_student  # noqa: E402
-from workbench.sample import sample_dataset, sample_unlabeled  # noqa: E402
-from workbench.schedules import OneCycle, WarmupCosine  # noqa: E402
-from workbench.unfreeze import (GradualUnfreezing, UnfreezePolicy, default_schedule,  # noqa: E402
+from workbench.train.noisy_student import NoisyStudentResult, noisy_student  # noqa: E402
+from workbench.data.sample import sample_dataset, sample_unlabeled  # noqa: E402
+from workbench.train.lr_schedules import OneCycle, WarmupCosine  # noqa: E402
+from workbench.train.unfreeze import (GradualUnfreezing, UnfreezePolicy, default_schedule,  # noqa: E402
                                 parse_schedule, unfreeze_policy)
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Recipes (`recipes/*.ipynb`) keep narrative and parameters; the logic that
 would make a cell longer than a dozen lines lives here. Parameters are checked
-with the library's own rules (`workbench.checks` and each component's parser),
+with the library's own rules (`workbench.utils.checks` and each component's parser),
 so a recipe and the Python API accept and refuse the same values.
 """
 from __future__ import annotations
@@ -11,18 +11,19 @@ import json
 import tempfile
 from pathlib import Path
 
-from workbench import augment as augmentation
-from workbench import checks, pretrained
-from workbench.design import complexity, get_config, resolve_variant
-from workbench.distribute import STRATEGIES, is_chief
-from workbench.export import export_all, parse_formats
-from workbench.hub import hub_classifier, hub_handle, is_hub_variant
-from workbench.model import regnet
-from workbench.precision import PRECISIONS
-from workbench.pretrained import WeightsUnavailableError
-from workbench.reports import write_report
-from workbench.unfreeze import parse_schedule
-from workbench.weights import fetch_weights
+from workbench.data import augment as augmentation
+from workbench.utils import checks
+from workbench.models import published as pretrained
+from workbench.models.design import complexity, get_config, resolve_variant
+from workbench.train.distribute import STRATEGIES, is_chief
+from workbench.deploy.export import export_all, parse_formats
+from workbench.models.tfhub import hub_classifier, hub_handle, is_hub_variant
+from workbench.models.regnet import regnet
+from workbench.train.precision import PRECISIONS
+from workbench.models.published import WeightsUnavailableError
+from workbench.report.reports import write_report
+from workbench.train.unfreeze import parse_schedule
+from workbench.models.convert import fetch_weights
 
 # Multiply-adds (GF) per training image a recipe accepts when it picks a larger image size by itself
 # (image_size="auto"): on a CPU, RegNetY-200MF at 224 px (0.2 GF) trains at ~28 img/s on 2 cores, so
@@ -177,8 +178,8 @@ def noisy_student(p, model, data, weights, image_size, unlabeled_dir, rounds, ep
     `p["student_variant"]` with the same weights tag, built fresh each round with their noise; with `tta`
     the teacher's pseudo-labels average test-time views too. `unlabeled_dir="sample"`: the sample's
     unlabelled photos, whose true classes are then reported."""
-    from workbench.noisy_student import noisy_student as train
-    from workbench.sample import sample_truth, sample_unlabeled
+    from workbench.train.noisy_student import noisy_student as train
+    from workbench.data.sample import sample_truth, sample_unlabeled
     folder, truth = unlabeled_dir, None
     if unlabeled_dir == "sample":
         folder = sample_unlabeled()
@@ -200,7 +201,7 @@ def plan_run(p, data, minutes, reload, precision="auto"):
     """(plan, weights file or None, data): `wb.plan` for the recipe's data and weights tag; the chosen
     weights are fetched (when they cannot be had, it says so and plans again from random initialization,
     within the same budget), and the data reloaded at the plan's size by `reload(image_size, batch_size)`."""
-    from workbench.planner import plan as make_plan
+    from workbench.plan.planner import plan as make_plan
     chosen = make_plan(data, minutes, weights=p["weights"], precision=precision)
     path = None
     if chosen.weights is not None:

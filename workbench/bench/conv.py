@@ -10,7 +10,7 @@ import time
 
 import tensorflow as tf
 
-from workbench.layers import block_diagonal_kernel, default_groups_per_conv, grouped_conv2d
+from workbench.models.layers import block_diagonal_kernel, default_groups_per_conv, grouped_conv2d
 
 # (size, channels, stride, groups): grouped-conv inputs of the RegNet stages.
 SHAPES = {

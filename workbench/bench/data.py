@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.folders import load_folder
-from workbench.sample import CLASSES, source_photo
+from workbench.data.folders import load_folder
+from workbench.data.sample import CLASSES, source_photo
 
 
 def write_jpegs(folder: Path, count: int, seed: int = 0) -> Path:

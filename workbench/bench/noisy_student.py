@@ -18,7 +18,7 @@ rounds; `--seeds 0,1` repeats the target runs (data split and order, initializat
 head, augmentation) with other seeds. It prints validation accuracy (of the returned model of each run: the
 best epoch by validation accuracy, teacher and students alike), the
 pseudo-labels kept and their true accuracy, and minutes. The defaults of
-`workbench.noisy_student` cite this command's figures (`--seeds 0,1,2`).
+`workbench.train.noisy_student` cite this command's figures (`--seeds 0,1,2`).
 """
 from __future__ import annotations
 

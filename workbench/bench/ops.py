@@ -31,7 +31,7 @@ def workbench_ops(variant, batch, size, top):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     import workbench as wb
-    from workbench.runtime import training_graph_optimization
+    from workbench.utils.runtime import training_graph_optimization
 
     x, y = random_batch(batch, size)
     model = wb.regnet(variant, input_shape=(size, size, 3))
@@ -75,7 +75,7 @@ def timm_ops(variant, batch, size, top):
     import torch
     from torch.profiler import profile as torch_profile
 
-    from workbench.pretrained import timm_name
+    from workbench.models.published import timm_name
 
     torch.set_num_threads(os.cpu_count())
     x, y = random_batch(batch, size)
@@ -130,7 +130,7 @@ def main(argv=None):
         print(json.dumps(run(args.variant, args.batch, args.size, args.top)))
         return
     contenders = parse_contenders(parser, args.contenders, CONTENDERS)
-    from workbench.design import resolve_variant
+    from workbench.models.design import resolve_variant
 
     variant = resolve_variant(args.variant)
     print(f"{variant}, batch {args.batch}, {args.size}px, fp32; seconds of one profiled step")

@@ -60,8 +60,9 @@ def folder_of(name: str) -> Path:
 def one(dataset: str, minutes: float, which: str, weights, out: Path) -> dict:
     """One budgeted run as the custom recipe does it; returns the plan's record and the accuracy."""
     import workbench as wb
-    from workbench import planner, recipe
-    from workbench.model import regnet
+    from workbench.plan import planner
+    from workbench import recipe
+    from workbench.models.regnet import regnet
 
     folder = folder_of(dataset)
 
@@ -116,7 +117,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             print("RESULT " + json.dumps(one(dataset, float(minutes), which, weights, Path(tmp) / "out")))
         return
-    from workbench import planner
+    from workbench.plan import planner
     planner.measure(remeasure=True)   # once, before the runs (then read from the cache)
     rows = []
     for dataset in args.datasets.split(","):

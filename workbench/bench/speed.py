@@ -31,15 +31,15 @@ DEFAULT = ("workbench", "workbench_bf16", "timm", "timm" + TUNED, "timm_bf16", "
 def _keras(contender, variant, batch, size, steps):
     import keras
 
-    from workbench.design import keras_applications_name
-    from workbench.timing import throughput
+    from workbench.models.design import keras_applications_name
+    from workbench.utils.timing import throughput
 
     x, y = random_batch(batch, size)
     shape = (size, size, 3)
     if contender.startswith("workbench"):
         import workbench as wb
-        from workbench.precision import set_precision
-        from workbench.runtime import training_graph_optimization
+        from workbench.train.precision import set_precision
+        from workbench.utils.runtime import training_graph_optimization
 
         model = wb.regnet(variant, input_shape=shape)
         if contender == "workbench_bf16":
@@ -65,8 +65,8 @@ def _timm(contender, variant, batch, size, steps):
     import timm
     import torch
 
-    from workbench.pretrained import timm_name
-    from workbench.timing import median_seconds
+    from workbench.models.published import timm_name
+    from workbench.utils.timing import median_seconds
 
     torch.set_num_threads(os.cpu_count())
     x, y = random_batch(batch, size)
@@ -120,7 +120,7 @@ def main(argv=None):
         print(json.dumps({"train": train, "infer": infer}))
         return
     contenders = parse_contenders(parser, args.contenders, CONTENDERS)
-    from workbench.design import resolve_variant
+    from workbench.models.design import resolve_variant
 
     print(f"batch {args.batch}, {args.size}x{args.size}, {os.cpu_count()} CPU cores; img/s, medians; "
           f"each contender in its own process")

@@ -61,9 +61,9 @@ def _workbench(variant, size, batch) -> dict:
     import tensorflow as tf
 
     import workbench as wb
-    from workbench.contract import trainable_candidates
-    from workbench.runtime import training_graph_optimization
-    from workbench.unfreeze import GradualUnfreezing
+    from workbench.models.contract import trainable_candidates
+    from workbench.utils.runtime import training_graph_optimization
+    from workbench.train.unfreeze import GradualUnfreezing
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
@@ -91,7 +91,7 @@ def _timm(variant, size, batch) -> dict:
     import timm
     import torch
 
-    from workbench.pretrained import timm_name
+    from workbench.models.published import timm_name
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
@@ -157,7 +157,7 @@ def main(argv=None):
             print(json.dumps({"workbench": _workbench, "timm": _timm}[args.one](args.variant, args.size, args.batch)))
         return
     contenders = parse_contenders(parser, args.contenders, CONTENDERS)
-    from workbench.design import resolve_variant
+    from workbench.models.design import resolve_variant
 
     variant = resolve_variant(args.variant)
     rows = {c: _in_process(c, variant, args.size, args.batch) for c in contenders}

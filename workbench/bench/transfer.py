@@ -37,7 +37,7 @@ It prints the table (final-epoch validation accuracy: no epoch picked on the
 validation set; wall time per run, including tracing) and with `--plot`
 draws it. `--augment` adds a sweep of the augmentation levels on the `full`
 policy, `--extras` the BatchNorm re-estimation and EMA on the scratch and full
-policies. The figures quoted in `workbench.policy` come from this command.
+policies. The figures quoted in `workbench.train.policy` come from this command.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workbench.sample import crops
+from workbench.data.sample import crops
 
 SIZE = 32
 EPOCHS = 12
@@ -63,7 +63,7 @@ TEXTURES = ("brick", "grass", "gravel")
 
 
 def config():
-    from workbench.design import RegNetConfig
+    from workbench.models.design import RegNetConfig
     return RegNetConfig(w0=24, wa=24.0, wm=2.0, depth=6, group_width=8, se_ratio=0.25, name="bench_regnety")
 
 
@@ -166,7 +166,7 @@ def transfer_model(source, num_classes: int, pretrained: bool, **noise):
     """A fresh model for the target classes, its backbone copied from `source` when `pretrained`;
     `noise`: `dropout` and `drop_path_rate` of `wb.regnet`."""
     import workbench as wb
-    from workbench.contract import stage_of
+    from workbench.models.contract import stage_of
     model = wb.regnet(config(), num_classes=num_classes, input_shape=(SIZE, SIZE, 3), seed=1, **noise)
     if pretrained:
         for layer in source.layers:
@@ -177,7 +177,7 @@ def transfer_model(source, num_classes: int, pretrained: bool, **noise):
 
 def schedule_of(policy: str) -> tuple[str, float, bool]:
     """(unfreeze, lr_decay, pretrained) of a policy name."""
-    from workbench.unfreeze import default_schedule, format_schedule
+    from workbench.train.unfreeze import default_schedule, format_schedule
     return {"full": ("0:all", 1.0, True), "linear_probe": ("0:head", 1.0, True),
             "fine_tune": ("0:head,2:all", 2.6, True),
             "staged": (format_schedule(default_schedule(EPOCHS)), 2.6, True),
@@ -222,7 +222,7 @@ def table(results: dict, rows, columns, title: str) -> str:
 
 
 def plot(results: dict, columns, path):
-    from workbench.figures import finish, plt
+    from workbench.utils.figures import finish, plt
     tasks = list(results)
     fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 3, 4))
     width = 0.8 / len(columns)

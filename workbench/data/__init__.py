@@ -1,0 +1,1 @@
+"""Images as tf.data: the pipeline, folders, TFDS, augmentation, the offline sample."""

@@ -1,0 +1,1 @@
+"""Exports in the forms people deploy: .keras, SavedModel, TF Hub, TFLite."""
