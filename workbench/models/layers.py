@@ -1,38 +1,23 @@
 """Exact grouped convolution that is fast to train on CPU.
 
 Where TensorFlow runs oneDNN kernels on the CPU (the workbench turns them on
-for x86-64, see `workbench.utils.runtime`), the native grouped ``Conv2D`` has a CPU
-gradient, and ``GroupConv2D`` uses it: one op per layer, so the training graph
-is small and quick to trace, and the fastest form measured (``python -m
-workbench.bench.conv --forms native,auto``, forward + backward, batch 32,
-fp32, 2 AVX2 cores, ms, native against chunked: RegNetY-200MF's six grouped
-shapes 76 against 108 in total, 600MF's 205 against 212, group width 56 at
-56x56 159 against 193).
+for x86-64, see `workbench.utils.runtime`), the native grouped ``Conv2D`` has a
+CPU gradient, and ``GroupConv2D`` uses it: one op per layer, a small training
+graph, and the fastest form measured (docs/speed.md, "Grouped convolutions").
 
 Elsewhere (TensorFlow's Eigen kernels: ``TF_ENABLE_ONEDNN_OPTS=0``, or CPUs
-oneDNN does not serve) there is no CPU gradient for a grouped ``Conv2D``
-(training fails with "Gradients for grouped convolutions are not supported on
-CPU"; with XLA it works but is 50-500x too slow: 28x28x152, G=19, batch 32
-takes ~1.9 s forward+backward). ``GroupConv2D``
-therefore computes the same function as a few ordinary convolutions: the groups
-are split into chunks of ``groups_per_conv`` consecutive groups, and each chunk
-is one dense ``tf.nn.conv2d`` whose kernel is the block-diagonal expansion of
-that chunk's grouped kernel (``tile`` times a constant 0/1 mask, so output and
-both gradients are exact up to float summation order). ``groups_per_conv=1`` is
-the plain per-group split, ``groups_per_conv=groups`` one block-diagonal conv.
-Dense convs with 8 input channels are overhead-bound, while block-diagonal
-expansion multiplies FLOPs by the chunk size, so the optimum is chunks of about
-16 input channels (default: ``16 // group_width`` groups per conv, at least 1;
-one conv if ``in_channels <= 32``; group width >= 16 thus uses the plain split,
-which measured best there). Measured forward + backward, batch 32, fp32, 2 CPU
-cores, Eigen kernels, no XLA, RegNetY-200MF shapes, ms: 112x112x24/s2/G3 split 80
--> chunk3 60; 28x28x152/s2/G19 29 -> 23; 14x14x152/G19 21 -> 18; 7x7x368/G46 19
--> 14.5. Depthwise-then-sum (slow backward, 12-40 s under XLA), im2col
-from 9 shifted slices + batched matmul (3-10x slower) and full block-diagonal
-for many groups (3-6x slower) all lost; host timings are noisy (shared 2
-cores), re-measure with ``python -m workbench.bench.conv``. The chunked graph
-is plain Split/Tile/Mul/Conv2D/ConcatV2, which every TensorFlow build runs and
-TFLite converts (CONV_2D, TILE, MUL), so exports are traced in it
+oneDNN does not serve) a grouped ``Conv2D`` has no CPU gradient ("Gradients
+for grouped convolutions are not supported on CPU"; under XLA it is 50-500x
+too slow). ``GroupConv2D`` then computes the same function as a few ordinary
+convolutions: the groups are split into chunks of ``groups_per_conv``
+consecutive groups, and each chunk is one dense ``tf.nn.conv2d`` whose kernel
+is the block-diagonal expansion of that chunk's grouped kernel (``tile`` times
+a constant 0/1 mask, so output and both gradients are exact up to float
+summation order). Chunks of about 16 input channels measured best (default:
+``16 // group_width`` groups per conv, at least 1; one conv if
+``in_channels <= 32``); ``python -m workbench.bench.conv`` re-measures the
+forms. The chunked graph is plain Split/Tile/Mul/Conv2D/ConcatV2, which every
+TensorFlow build runs and TFLite converts, so exports are traced in it
 (`portable_graphs`). On GPU/TPU the native grouped op is used.
 """
 
