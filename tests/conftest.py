@@ -45,17 +45,17 @@ def tiny_regnet(num_classes=3, size=32, seed=0, **kwargs):
 def synthetic_machine(speedup=1.0):
     """A planner cost model fitted to points made from known coefficients (per activation / multiply-add),
     `speedup` times faster per image than those."""
-    from workbench.plan import planner
+    from workbench.plan.machine import blocks, fit
     from workbench.models.design import complexity
     points = []
     for variant, size in (("regnety_200mf", 96), ("regnety_200mf", 160), ("regnety_600mf", 96),
                           ("regnety_600mf", 160)):
         cx = complexity(variant, size, 10)
-        points.append(dict(variant=variant, size=size, batch=16, blocks=planner._blocks(variant),
+        points.append(dict(variant=variant, size=size, batch=16, blocks=blocks(variant),
                            params=cx["params"], build=1.0, trace=8.0, predict_trace=1.0, save=1.0,
                            train=(6e-9 * cx["acts"] + 1e-11 * cx["flops"]) / speedup,
                            infer=(1e-9 * cx["acts"] + 2e-12 * cx["flops"]) / speedup))
-    return planner.fit(points, "float32", "synthetic", 0.0)
+    return fit(points, "float32", "synthetic", 0.0)
 
 
 @pytest.fixture

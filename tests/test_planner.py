@@ -10,6 +10,8 @@ from conftest import synthetic_machine, tiny_regnet
 
 import workbench as wb
 from workbench.plan import planner
+from workbench.plan.machine import measure
+from workbench.plan.scoring import LINEAR_PROBE_POINTS
 from workbench.models.design import complexity
 
 
@@ -60,7 +62,7 @@ def test_when_fine_tuning_cannot_fit_a_linear_probe_can(data):
     slow_training = dataclasses.replace(fast, train_per_act=fast.train_per_act * 1e4,
                                         train_per_flop=fast.train_per_flop * 1e4)
     p = planner.plan(data, 2, machine=slow_training, verbose=False)
-    assert p.unfreeze == "0:head" and p.chosen.probe_cost == planner.LINEAR_PROBE_POINTS
+    assert p.unfreeze == "0:head" and p.chosen.probe_cost == LINEAR_PROBE_POINTS
     assert "features" in p.chosen.phases and "first step" not in p.chosen.phases
     assert "linear probe (head only" in p.table()
     assert planner.plan(data, 2, machine=fast, verbose=False).unfreeze == "auto"   # full fine-tuning fits
@@ -77,7 +79,7 @@ def test_a_budget_without_one_epoch_is_refused_before_training(data):
 def test_measure_times_real_steps_and_caches_the_profile(tmp_path, monkeypatch):
     monkeypatch.setenv("REGNET_WORKBENCH_CACHE", str(tmp_path))
     probes = (("regnety_200mf", (32, 48)),)
-    machine = planner.measure(probes=probes, batch=4, verbose=False)
+    machine = measure(probes=probes, batch=4, verbose=False)
     assert len(machine.points) == 2 and machine.trace_per_block > 0 and machine.save_per_param > 0
     for point in machine.points:   # the fitted model reproduces what it measured
         cx = complexity(point["variant"], point["size"], 10)
@@ -85,7 +87,7 @@ def test_measure_times_real_steps_and_caches_the_profile(tmp_path, monkeypatch):
     saved = list((tmp_path / "planner").glob("*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["points"] == machine.points
     start = time.perf_counter()
-    assert planner.measure(probes=probes, batch=4, verbose=False) == machine     # read back, not measured
+    assert measure(probes=probes, batch=4, verbose=False) == machine     # read back, not measured
     assert time.perf_counter() - start < 1
 
 
@@ -99,7 +101,7 @@ def test_guard_keeps_more_for_the_report_when_epochs_run_slower_than_planned(dat
 
     def stop_after(pace):
         clock = [p.started]
-        monkeypatch.setattr(planner.time, "perf_counter", lambda: clock[0])
+        monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
         guard = p.guard(reserve=5.0)
         guard.set_model(model)
         model.stop_training = False

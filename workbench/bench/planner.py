@@ -117,8 +117,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             print("RESULT " + json.dumps(one(dataset, float(minutes), which, weights, Path(tmp) / "out")))
         return
-    from workbench.plan import planner
-    planner.measure(remeasure=True)   # once, before the runs (then read from the cache)
+    from workbench.plan.machine import measure
+    measure(remeasure=True)   # once, before the runs (then read from the cache)
     rows = []
     for dataset in args.datasets.split(","):
         folder_of(dataset)

@@ -1,1 +1,1 @@
-"""`wb.plan`: the most accurate fine-tune that fits a time budget on this machine."""
+"""`wb.plan`: the most accurate fine-tune that fits a time budget on this machine (`planner.plan`)."""

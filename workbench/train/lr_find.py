@@ -134,19 +134,8 @@ def _fresh_optimizer(optimizer, start_lr):
     raise ValueError(f"optimizer must be a name like 'adamw' or a keras optimizer, got {optimizer!r}.")
 
 
-def lr_find(model: keras.Model, data, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 100,
-            optimizer="adamw", loss=None, method: str = "valley", path=None,
-            verbose: bool = False) -> LRFindResult:
-    """Learning-rate range test on `data.train` (or a dataset of (images, labels)).
-
-    The rate grows exponentially from `start_lr` to `end_lr` over `steps` mini-batches
-    (the dataset repeats if shorter); the test stops early when the smoothed loss exceeds
-    4x its minimum. Only the currently trainable variables train, with a fresh optimizer of
-    kind `optimizer`; afterwards every model weight (BatchNorm statistics included) is
-    restored and the model's own optimizer and compile state are left alone.
-    `loss` defaults to sparse categorical cross-entropy, `from_logits` chosen from the
-    last layer's activation. `method` picks the suggestion rule (see `suggest_lr`).
-    """
+def _checked_dataset(data, start_lr, end_lr, steps, method) -> tf.data.Dataset:
+    """The training dataset of `data`, once the range test's arguments are checked."""
     checks.positive_number("start_lr", start_lr)
     if not (checks.positive_number("end_lr", end_lr) > start_lr):
         raise ValueError(f"Need 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}.")
@@ -158,13 +147,11 @@ def lr_find(model: keras.Model, data, start_lr: float = 1e-7, end_lr: float = 1.
     if not isinstance(dataset, tf.data.Dataset):
         raise ValueError("data must be an object with a `.train` tf.data.Dataset (wb.load_folder / "
                          f"wb.load_tfds) or a tf.data.Dataset of (images, labels); got {type(data).__name__}.")
-    variables = model.trainable_variables
-    if not variables:
-        raise ValueError("The model has no trainable variables: unfreeze at least the head "
-                         "(e.g. wb.GradualUnfreezing({0: 'head'})) before lr_find.")
-    loss_fn = keras.losses.get(loss) if loss is not None else _default_loss(model)
-    opt = _fresh_optimizer(optimizer, start_lr)
-    opt.build(variables)
+    return dataset
+
+
+def _train_step(model, opt, loss_fn, variables):
+    """One compiled step at a given rate: trains `variables`, returns the loss (without regularization)."""
 
     @tf.function
     def train_step(x, y, lr):
@@ -180,6 +167,31 @@ def lr_find(model: keras.Model, data, start_lr: float = 1e-7, end_lr: float = 1.
         opt.apply_gradients(zip(grads, variables))
         return value
 
+    return train_step
+
+
+def lr_find(model: keras.Model, data, start_lr: float = 1e-7, end_lr: float = 1.0, steps: int = 100,
+            optimizer="adamw", loss=None, method: str = "valley", path=None,
+            verbose: bool = False) -> LRFindResult:
+    """Learning-rate range test on `data.train` (or a dataset of (images, labels)).
+
+    The rate grows exponentially from `start_lr` to `end_lr` over `steps` mini-batches
+    (the dataset repeats if shorter); the test stops early when the smoothed loss exceeds
+    4x its minimum. Only the currently trainable variables train, with a fresh optimizer of
+    kind `optimizer`; afterwards every model weight (BatchNorm statistics included) is
+    restored and the model's own optimizer and compile state are left alone.
+    `loss` defaults to sparse categorical cross-entropy, `from_logits` chosen from the
+    last layer's activation. `method` picks the suggestion rule (see `suggest_lr`).
+    """
+    dataset = _checked_dataset(data, start_lr, end_lr, steps, method)
+    variables = model.trainable_variables
+    if not variables:
+        raise ValueError("The model has no trainable variables: unfreeze at least the head "
+                         "(e.g. wb.GradualUnfreezing({0: 'head'})) before lr_find.")
+    loss_fn = keras.losses.get(loss) if loss is not None else _default_loss(model)
+    opt = _fresh_optimizer(optimizer, start_lr)
+    opt.build(variables)
+    train_step = _train_step(model, opt, loss_fn, variables)
     saved = [w.copy() for w in model.get_weights()]
     schedule = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     lrs, raw, smooth = [], [], []
