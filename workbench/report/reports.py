@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.data.pipeline import class_indices
 from workbench.models.contract import outputs_logits
 from workbench.utils.figures import finish, plt
 
