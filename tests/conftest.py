@@ -13,6 +13,15 @@ import workbench as wb
 TINY = wb.RegNetConfig(w0=16, wa=16.0, wm=2.0, depth=8, group_width=8, se_ratio=0.25, name="tiny_regnety")
 
 
+slow = pytest.mark.slow  # the slow tier: python -m pytest -m slow
+
+
+def sweep(cases, fast: int = 1) -> list:
+    """Cases of a parametrized sweep: the first `fast` run in the default tier, the rest in the slow tier."""
+    return [case if i < fast else pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=slow)
+            for i, case in enumerate(cases)]
+
+
 needs_timm = pytest.mark.skipif(
     importlib.util.find_spec("timm") is None or importlib.util.find_spec("torch") is None,
     reason="timm/torch not installed (pip install -r requirements-reference.txt)")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_regnet
+from conftest import slow, tiny_regnet
 
 from workbench.data import augment as augmentation
 from workbench.data.pipeline import pipelines, steps_per_epoch
@@ -83,6 +83,7 @@ def test_mixing_needs_integer_class_labels():
         augmentation.check_labels(tf.TensorSpec([], tf.int64), None, ("mixup", "cutmix"))
 
 
+@slow
 def test_finetune_with_mixup_same_seed_same_numbers(sample):
     data = load_folder(sample, image_size=32, batch_size=16, seed=0, max_train_images=32, augment="none",
                        verbose=False)

@@ -2,6 +2,7 @@
 import platform
 
 import pytest
+from conftest import slow
 
 from workbench.bench import KEEP_FREED_MEMORY, run_in_process, split_tuned
 
@@ -51,6 +52,7 @@ def test_a_process_that_fails_says_why(tmp_path, monkeypatch):
     assert run_in_process("missing_probe", []) == (None, "not installed")
 
 
+@slow
 def test_the_ops_profile_times_the_convolutions_of_a_train_step_and_an_inference_pass():
     from workbench.bench.ops import workbench_ops
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import workbench as wb
 import workbench.models.tfhub
-from conftest import tiny_regnet
+from conftest import slow, tiny_regnet
 from workbench.models.contract import feature_extractor
 from workbench.deploy.export import export
 from workbench.models.tfhub import (HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier,
@@ -132,6 +132,7 @@ def test_foreign_hub_model_uses_the_hub_convention(tmp_path):
     assert not np.array_equal(before, backbone.weights[0].numpy())
 
 
+@slow
 def test_tf_keras_hub_keraslayer_fine_tunes_the_export(source, tmp_path):
     model, path, x = source
     np.save(tmp_path / "x.npy", x)
@@ -188,6 +189,7 @@ def test_recipe_variant_syntax():
         hub_handle("hub:")
 
 
+@slow
 def test_hub_classifier_converts_to_tflite(source, classifier, tmp_path):
     x = source[2]
     result = export(classifier, tmp_path / "tflite", "tflite", sample_images=x, verbose=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from conftest import TINY, tiny_regnet
+from conftest import TINY, slow, tiny_regnet
 from workbench.models.design import complexity, get_config
 
 
@@ -15,7 +15,7 @@ def y200():
 
 @pytest.mark.parametrize("variant", ["regnety_200mf", "regnetx_200mf", "regnety_800mf",
                                      "regnetx_1.6gf", "regnetx_400mf_tv", "regnety_800mf_tv",
-                                     "regnety_64gf"])
+                                     pytest.param("regnety_64gf", marks=slow)])
 def test_parameter_count_equals_computed_complexity(variant):
     model = wb.regnet(variant)
     cx = complexity(get_config(variant))

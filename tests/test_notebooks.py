@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import slow
 
 papermill = pytest.importorskip("papermill")
 
@@ -105,6 +106,7 @@ def test_every_notebook_is_checked():
     assert {p.stem for p in NOTEBOOKS} == set(CHECKS), "add a _check_ for the new notebook"
 
 
+@slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path):
     declared = papermill.inspect_notebook(str(path))

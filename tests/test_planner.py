@@ -6,7 +6,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import synthetic_machine, tiny_regnet
+from conftest import slow, synthetic_machine, tiny_regnet
 
 import workbench as wb
 from workbench.plan import planner
@@ -76,6 +76,7 @@ def test_a_budget_without_one_epoch_is_refused_before_training(data):
         planner.plan(data, 0, machine=slow, verbose=False)
 
 
+@slow
 def test_measure_times_real_steps_and_caches_the_profile(tmp_path, monkeypatch):
     monkeypatch.setenv("REGNET_WORKBENCH_CACHE", str(tmp_path))
     probes = (("regnety_200mf", (32, 48)),)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import FLOAT32_ATOL, downloads, needs_timm
+from conftest import FLOAT32_ATOL, downloads, needs_timm, slow
 from safetensors.numpy import save
 
 import workbench as wb
@@ -211,6 +211,7 @@ def tv_reference(tmp_path_factory):
     return out
 
 
+@slow
 @needs_timm
 @pytest.mark.parametrize("variant,arch", TV)
 def test_torchvision_shaped_variants_match_timm_on_hub_weights(variant, arch, tv_reference, hub):
@@ -224,6 +225,7 @@ def test_torchvision_shaped_variants_match_timm_on_hub_weights(variant, arch, tv
     np.testing.assert_allclose(got, expected, atol=FLOAT32_ATOL, rtol=0)
 
 
+@slow
 @needs_timm
 def test_every_variant_has_timms_parameter_count():
     """The big SEER sizes too, counted without building them (timm on the meta device, ours computed)."""

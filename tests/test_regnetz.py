@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FLOAT32_ATOL, downloads, float64_outputs, needs_timm
+from conftest import FLOAT32_ATOL, downloads, float64_outputs, needs_timm, slow
 
 import workbench as wb
 from workbench.models.contract import feature_extractor
@@ -51,6 +51,7 @@ def timm_z(tmp_path_factory):
     return out
 
 
+@slow
 @needs_timm
 @pytest.mark.parametrize("name", Z)
 def test_timm_state_dict_gives_identical_features_and_logits(name, timm_z):
@@ -77,6 +78,7 @@ def test_timm_state_dict_gives_identical_features_and_logits(name, timm_z):
         np.testing.assert_allclose(logits, expected, atol=1e-9, rtol=0)
 
 
+@slow
 @needs_timm
 def test_ra3_tag_downloads_from_the_hub_and_matches_timm(timm_z, hub):
     ref = timm_z / "regnetz_d8"
@@ -88,6 +90,7 @@ def test_ra3_tag_downloads_from_the_hub_and_matches_timm(timm_z, hub):
     assert ours.get_layer("stem_preprocess").mean == (0.5, 0.5, 0.5)      # timm's input for these weights
 
 
+@slow
 @needs_timm
 def test_y_checkpoint_into_z_names_the_first_mismatching_tensor(timm_z):
     with pytest.raises(ValueError, match=r"first mismatching tensor is 's1\.b1\.conv1\.conv\.weight'"):
@@ -105,6 +108,7 @@ def test_weights_table_and_unknown_z_names():
         wb.regnet("regnetz_e9")
 
 
+@slow
 def test_finetune_unfreezes_a_z_model_by_stage_and_exports(tmp_path):
     data = load_folder(sample_dataset(), image_size=32, batch_size=16, seed=0, max_train_images=32,
                        augment=False, verbose=False)

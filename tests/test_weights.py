@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from conftest import FLOAT32_ATOL, float64_outputs, needs_timm
+from conftest import FLOAT32_ATOL, float64_outputs, needs_timm, sweep
 from workbench.models import convert as wio
 
 KERAS_REFERENCE = [("regnety_200mf", "RegNetY002"), ("regnety_400mf", "RegNetY004"),
@@ -40,7 +40,7 @@ def y200_h5(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("variant,cls_name", KERAS_REFERENCE)
+@pytest.mark.parametrize("variant,cls_name", sweep(KERAS_REFERENCE))
 def test_keras_applications_h5_gives_identical_logits(variant, cls_name, tmp_path):
     path = str(tmp_path / f"{cls_name}.h5")
     ref = keras_reference_h5(cls_name, path)
@@ -66,7 +66,7 @@ def torch_reference(tmp_path_factory):
 
 @needs_timm
 @pytest.mark.parametrize("flavor", ["safetensors", "pyth"])
-@pytest.mark.parametrize("variant,arch", TIMM_REFERENCE)
+@pytest.mark.parametrize("variant,arch", sweep(TIMM_REFERENCE))
 def test_timm_and_pycls_state_dicts_give_identical_logits(variant, arch, flavor, torch_reference):
     ref = torch_reference / arch
     ours = wb.regnet(variant, weights=ref / f"{arch}.{flavor}", classifier_activation=None,
