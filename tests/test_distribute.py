@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_regnet
+from conftest import slow, tiny_regnet
 
 import workbench as wb
 from workbench.data.folders import load_folder
@@ -64,6 +64,7 @@ def _result(out):
     return json.loads(lines[-1][len("RESULT "):])
 
 
+@slow
 def test_two_workers_train_as_one_resume_after_a_lost_worker_and_match_one_process(tmp_path):
     # A lost worker after epoch 2 of 3: the job stops; restarted, it resumes from the chief's checkpoint.
     lost = _cluster(tmp_path / "job", epochs=3, die_after=1)
@@ -105,6 +106,7 @@ def test_two_workers_train_as_one_resume_after_a_lost_worker_and_match_one_proce
     np.testing.assert_allclose(chief["history"]["val_loss"], one["val_loss"], rtol=1e-2)
 
 
+@slow
 def test_xla_compiles_the_train_step_with_native_grouped_convs(tmp_path):
     child = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import workbench as wb

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import keras
 import pytest
-from conftest import tiny_regnet, write_classes
+from conftest import slow, tiny_regnet, write_classes
 
 from workbench.models.contract import CLASSIFIER
 from workbench.train.finetune import FinetuneResult, finetune
 from workbench.data.folders import load_folder
 from workbench.data.sample import sample_dataset
-from workbench.train.unfreeze import default_schedule
+from workbench.train.schedule import default_schedule
 
 SETUP = f"""
 import sys
@@ -119,6 +119,7 @@ finetune(model, data, epochs=3, unfreeze="0:head,1:stage4", output_dir={str(out)
     print("\n" + child.stdout[-1500:])
 
 
+@slow
 def test_mirrored_strategy_two_cpus(tmp_path):
     child = _run("""
 import tensorflow as tf
@@ -206,6 +207,7 @@ def _api_run(seed, look_first=False):
     return finetune(model, data, epochs=2, unfreeze="0:head,1:all", seed=seed, verbose=0)
 
 
+@slow
 def test_same_seed_same_numbers_other_seed_other_numbers():
     first, again, other = _api_run(0), _api_run(0, look_first=True), _api_run(1)
     print(f"\nseed 0: loss {first.history['loss']}\nseed 0: loss {again.history['loss']}"
@@ -213,3 +215,26 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
     assert first.history == again.history
     assert _weights_equal(first.model.get_weights(), again.model.get_weights())
     assert all(a != b for a, b in zip(first.history["loss"], other.history["loss"]))
+
+
+def test_a_resolved_policy_is_used_as_it_is(data, capsys):
+    """finetune(policy=...) runs the policy resolved once (same numbers as its keyword parts), logs once
+    through one Say, and refuses the policy's parts beside it."""
+    import workbench as wb
+    start = tiny_regnet().get_weights()
+
+    def fit(**kwargs):
+        model = tiny_regnet()
+        model.set_weights(start)
+        return finetune(model, data, epochs=2, lr=1e-2, verbose=0, **kwargs)
+
+    policy = wb.training_policy("0:head,1:all", 2, pretrained=True, augment="none")
+    given, parts = fit(policy=policy), fit(unfreeze="0:head,1:all", augment="none")
+    assert given.history == parts.history and given.policy == parts.policy == policy.as_dict()
+    assert given.policy["reason"] == "the schedule given" and given.policy["unfreeze"] == "0:head,1:all"
+    assert [e["epoch"] for e in given.events] == [0, 1] and capsys.readouterr().out == ""
+    assert any("unfroze head" in line for line in given.log) and any("Epoch 2/2" in line for line in given.log)
+    with pytest.raises(ValueError, match="finetune got policy= and also unfreeze, ema"):
+        fit(policy=policy, unfreeze="0:all", ema=True)
+    with pytest.raises(ValueError, match="policy must be a TrainingPolicy"):
+        fit(policy="auto")

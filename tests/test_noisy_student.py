@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import slow
 
 import workbench as wb
 from workbench.data.folders import with_extra_images
-from workbench.train.noisy_student import _Predictor, select
+from workbench.train.pseudo_labels import Predictor, select
 from workbench.data.sample import sample_truth
 
 SIZE = 32
@@ -41,7 +42,7 @@ def tiny(num_classes=3, width=24, **noise):
 def test_predictions_reuse_backbone_features_when_the_backbone_is_the_same(few_labels):
     first, second = tiny(), tiny()
     second.get_layer("head_fc").set_weights([w * 2 for w in second.get_layer("head_fc").get_weights()])
-    predict = _Predictor()
+    predict = Predictor()
     for model in (first, second):
         probs = predict(model, few_labels.val, "val", tta=False, flip=False)
         direct = np.concatenate([model.predict_on_batch(x) for x, _ in few_labels.val])
@@ -91,6 +92,7 @@ def test_unreadable_unlabeled_images_leave_ordinary_finetuning(few_labels, tmp_p
     assert result.model is result.finetune.model and result.rounds[0]["role"] == "teacher"
 
 
+@slow
 def test_noisy_student_on_the_sample(few_labels, tmp_path):
     """A teacher, then a (smaller, so warned) student on 24 labels + 60 unlabelled photos; real numbers."""
     unlabeled = wb.sample_unlabeled(per_class=20)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import workbench as wb
-from conftest import tiny_regnet
+from conftest import slow, tiny_regnet
 from workbench.models.contract import stage_of
 from workbench.train.discriminative import DiscriminativeOptimizer
 
@@ -120,9 +120,9 @@ def test_builds_for_frozen_layers_and_saves_with_state(model, grads, tmp_path):
 @pytest.mark.parametrize("make", [
     lambda: keras.optimizers.Adam(1e-2),
     lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.3),
-    lambda: keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True, weight_decay=0.1),
-    lambda: keras.optimizers.SGD(1e-2),
-    lambda: keras.optimizers.RMSprop(1e-2),   # no fused kernel: Keras' own update_step
+    pytest.param(lambda: keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True, weight_decay=0.1), marks=slow),
+    pytest.param(lambda: keras.optimizers.SGD(1e-2), marks=slow),
+    pytest.param(lambda: keras.optimizers.RMSprop(1e-2), marks=slow),   # no fused kernel: Keras' own update_step
 ], ids=["adam", "adamw", "sgd_nesterov", "sgd", "rmsprop"])
 def test_fused_steps_equal_keras_steps(model, grads, make):
     """With every multiplier 1, the wrapped optimizer's (fused) steps are the plain Keras optimizer's."""

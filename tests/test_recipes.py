@@ -9,12 +9,13 @@ import nbformat
 import numpy as np
 import papermill as pm
 import pytest
-from conftest import synthetic_machine, write_tf_flowers
+from conftest import slow, synthetic_machine, write_tf_flowers
 
 from workbench import recipe
 
 from workbench.utils import runtime
 from workbench.train.unfreeze import unfreeze_policy
+from workbench.recipe.weights import prepare_weights
 from workbench.models import convert as wio
 
 RECIPES = pathlib.Path(__file__).parent.parent / "recipes"
@@ -64,6 +65,7 @@ def test_custom_recipe_on_the_sample_dataset(custom_run):
     assert policy["augment"] in ("none", "light", "strong", "crop") and metrics["drop_path"] == 0.0
 
 
+@slow
 def test_same_seed_same_numbers(custom_run, tmp_path):
     first = metrics_of(custom_run)
     again = metrics_of(run("custom.ipynb", tmp_path / "again"))
@@ -83,6 +85,7 @@ def test_no_cuda_probing_noise_on_a_cpu_machine(custom_run):
         assert line not in executed, line
 
 
+@slow
 def test_flowers_recipe_on_a_tfds_format_data_dir(tmp_path):
     write_tf_flowers(tmp_path / "tfds")
     out = run("flowers.ipynb", tmp_path, data_dir=str(tmp_path / "tfds"), epochs=1)
@@ -133,7 +136,7 @@ def test_bad_noisy_student_parameters(params, sentence):
                 lr=1e-3, lr_decay="auto", seed=0, max_train_images=0, output_dir="out", export="")
     with pytest.raises(recipe.RecipeError, match=sentence):
         recipe.check_params(**base, **params)
-    assert recipe.check_params(**base, student_variant="y400mf")["student_variant"] == "regnety_400mf"
+    assert recipe.check_params(**base, student_variant="y400mf").student_variant == "regnety_400mf"
     with pytest.raises(recipe.RecipeError, match="'ra3' is not a tag of regnety_400mf"):   # the student's weights
         recipe.check_params(**{**base, "variant": "regnetz_b16", "weights": "ra3"}, student_variant="y400mf",
                             unlabeled_dir="sample")
@@ -146,17 +149,18 @@ def test_bad_budget_parameters():
         recipe.check_params(**base, budget_minutes=-2)
     with pytest.raises(recipe.RecipeError, match="budget_minutes plans the variant, its weights tag"):
         recipe.check_params(**base, budget_minutes=5, unlabeled_dir="sample")
-    assert recipe.check_params(**base, budget_minutes=0.5)["variant"] == "regnety_200mf"
+    assert recipe.check_params(**base, budget_minutes=0.5).variant == "regnety_200mf"
 
 
+@slow
 def test_custom_recipe_within_a_budget(tmp_path, monkeypatch):
     """budget_minutes: the plan is printed, run and recorded with predicted and actual seconds; a machine
     profile that promises 100x this machine's speed makes the guard cut the epochs to keep the budget."""
     from dataclasses import asdict
 
-    from workbench.plan import planner
+    from workbench.plan.machine import machine_key, profile_path
     monkeypatch.setenv("REGNET_WORKBENCH_CACHE", str(tmp_path / "cache"))
-    profile = planner._profile_path(planner.machine_key("float32"))
+    profile = profile_path(machine_key("float32"))
     profile.parent.mkdir(parents=True)
     profile.write_text(json.dumps(asdict(synthetic_machine(speedup=100))))
     minutes = 0.75
@@ -193,14 +197,29 @@ def test_flowers_without_network_stops_in_the_data_cell(tmp_path):
 def test_missing_keras_weights_fall_back_plainly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(wio, "KERAS_BASE_URL", (tmp_path / "offline").as_uri() + "/")
     monkeypatch.setattr(wio, "CACHE_DIR", str(tmp_path))
-    model, pretrained = recipe.build_model("regnety_200mf", "keras", 3, 32)
-    assert not pretrained and model.output_shape == (None, 3)
+    weights_file, size = prepare_weights("regnety_200mf", "keras", 32, default_size=128)
+    model, pretrained = recipe.build_model("regnety_200mf", weights_file, 3, size)
+    assert weights_file is None and not pretrained and model.output_shape == (None, 3)
     said = capsys.readouterr().out
     assert "weights are NOT available" in said and "RANDOM INITIALIZATION" in said
     policy = unfreeze_policy("auto", 5, pretrained, lr_decay=2.6)
-    assert policy.schedule == "0:all" and policy.lr_decay == 1.0
+    assert str(policy.schedule) == "0:all" and policy.lr_decay == 1.0
 
 
+def test_check_params_gives_values():
+    """The checked parameters come out parsed: a Schedule, the weights resolved once, the formats listed."""
+    p = recipe.check_params(variant="600mf", weights="pycls", image_size=64, batch_size=8, epochs=3,
+                            unfreeze="0:head, 1:stage4", lr=1e-3, lr_decay=2, seed=0, max_train_images=0,
+                            output_dir="out", export="keras,tflite")
+    assert p.variant == "regnety_600mf" and str(p.unfreeze) == "0:head,1:stage4" and p.lr_decay == 2.0
+    assert p.weights.spec == "pycls" and p.weights.info.tag.startswith("pycls") and p.export == ["keras", "tflite"]
+    assert p.output_dir == pathlib.Path("out") and p.student_weights is p.weights
+    auto = recipe.check_params(**{**TINY, "unfreeze": "auto", "lr": 1e-3, "lr_decay": "auto", "seed": 0,
+                                  "output_dir": "out", "export": ""})
+    assert auto.unfreeze is None and auto.weights.spec is None
+
+
+@slow
 def test_custom_recipe_training_policy_parameters(tmp_path):
     """augment, ema, tta, drop_path and progressive reach the run, and metrics.json records what was used."""
     out = run("custom.ipynb", tmp_path, image_size=64, epochs=3, augment="crop,mixup", ema=True, tta=True,
@@ -215,6 +234,7 @@ def test_custom_recipe_training_policy_parameters(tmp_path):
     assert any(layer.name.endswith("_drop_path") for layer in model.layers)
 
 
+@slow
 def test_custom_recipe_noisy_student_on_the_sample(tmp_path):
     """unlabeled_dir="sample": a teacher, one student, every round in metrics.json, the figure, the best model."""
     out = run("custom.ipynb", tmp_path, unlabeled_dir="sample", student_rounds=1, max_train_images=30)

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_regnet
+from conftest import slow, tiny_regnet
 
 import workbench as wb
 from workbench.train import bn_refresh as bn_stats, progressive
@@ -51,6 +51,7 @@ def test_drop_path_per_block_off_in_inference_saved_and_loaded(tmp_path):
         tiny_regnet(drop_path_rate=1.5)
 
 
+@slow
 def test_ema_evaluates_and_returns_the_averaged_weights(data):
     exact = dict(unfreeze="0:all", restore_best=False, precision="float32", verbose=0)  # compared to 1e-4
     raw = finetune(tiny_regnet(), data, epochs=3, **exact)
@@ -113,6 +114,7 @@ def test_bn_refresh_in_finetune_changes_validation_only(data):
     assert runs[True].policy["bn_refresh"] is True
 
 
+@slow
 def test_progressive_resizing_plan_and_run():
     assert progressive.phases(10, 128) == [(0, 4, 80), (4, 7, 104), (7, 10, 128)]
     assert progressive.phases(2, 32) == [(0, 2, 32)]

@@ -6,7 +6,8 @@ import pytest
 
 import workbench as wb
 from conftest import tiny_regnet
-from workbench.train.unfreeze import GradualUnfreezing, parse_schedule, stages_at
+from workbench.train.schedule import Schedule, parse_schedule
+from workbench.train.unfreeze import GradualUnfreezing
 
 
 def test_parse_schedule_forms():
@@ -14,7 +15,23 @@ def test_parse_schedule_forms():
         0: ("head",), 2: ("stage4",), 4: ("stage3", "stage2")}
     assert parse_schedule({0: "head", 2: ["stage4"]}) == {0: ("head",), 2: ("stage4",)}
     assert parse_schedule("0:all")[0] == tuple(reversed(wb.STAGES))
-    assert stages_at("0:head,2:stage4", 3) == ("head", "stage4")
+    assert Schedule.parse("0:head,2:stage4").stages_at(3) == ("head", "stage4")
+
+
+def test_schedule_is_a_value_parsed_once():
+    staged = Schedule.parse(" 0:head, 2:stage4 ,4:stage2+stage3")
+    assert Schedule.parse(staged) is staged                        # a Schedule passes through as it is
+    assert str(staged) == "0:head,2:stage4,4:stage3+stage2"        # canonical: stages top-down, no spaces
+    assert staged == Schedule.parse({0: "head", 2: "stage4", 4: ["stage3", "stage2"]})
+    assert str(Schedule.parse("0:all")) == "0:all" and str(Schedule.parse("0:head,2:all")) == "0:head,2:all"
+    assert staged.head_only_until == 2 and Schedule.parse("0:all").head_only_until == 0
+    assert Schedule.parse("0:head").head_only_until is None        # only the head ever trains
+    assert staged.unfrozen_at(2) == ("stage4",) and staged.unfrozen_at(3) == ()
+    model = tiny_regnet()
+    assert staged.check(model, epochs=5) is staged
+    with pytest.raises(ValueError, match="run has 4 epochs"):
+        staged.check(model, epochs=4)
+    assert wb.GradualUnfreezing(staged).schedule is staged
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -25,8 +25,8 @@ from workbench.report.reports import (confusion_matrix, per_class_metrics, plot_
 from workbench.train.noisy_student import NoisyStudentResult, noisy_student  # noqa: E402
 from workbench.data.sample import sample_dataset, sample_unlabeled  # noqa: E402
 from workbench.train.lr_schedules import OneCycle, WarmupCosine  # noqa: E402
-from workbench.train.unfreeze import (GradualUnfreezing, UnfreezePolicy, default_schedule,  # noqa: E402
-                                parse_schedule, unfreeze_policy)
+from workbench.train.schedule import Schedule, default_schedule, parse_schedule  # noqa: E402
+from workbench.train.unfreeze import GradualUnfreezing, UnfreezePolicy, unfreeze_policy  # noqa: E402
 
 __all__ = [
     "VARIANTS", "STAGES", "RegNetConfig", "RegNetZConfig", "complexity", "regnet", "resolve_variant", "stage_layers",
@@ -34,7 +34,7 @@ __all__ = [
     "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_tfds",
     "sample_dataset", "sample_unlabeled", "noisy_student", "NoisyStudentResult", "show_batch",
     "plot_class_distribution",
-    "GradualUnfreezing", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",
+    "GradualUnfreezing", "Schedule", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",
     "DiscriminativeOptimizer", "finetune", "plan", "Plan", "training_policy", "TrainingPolicy", "FinetuneResult", "seed_everything",
     "make_strategy",
     "WarmupCosine", "OneCycle", "lr_find", "LRFindResult", "suggest_lr",

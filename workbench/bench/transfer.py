@@ -177,10 +177,10 @@ def transfer_model(source, num_classes: int, pretrained: bool, **noise):
 
 def schedule_of(policy: str) -> tuple[str, float, bool]:
     """(unfreeze, lr_decay, pretrained) of a policy name."""
-    from workbench.train.unfreeze import default_schedule, format_schedule
+    from workbench.train.schedule import Schedule, default_schedule
     return {"full": ("0:all", 1.0, True), "linear_probe": ("0:head", 1.0, True),
             "fine_tune": ("0:head,2:all", 2.6, True),
-            "staged": (format_schedule(default_schedule(EPOCHS)), 2.6, True),
+            "staged": (str(Schedule.parse(default_schedule(EPOCHS))), 2.6, True),
             "scratch": ("0:all", 1.0, False)}[policy]
 
 

@@ -17,9 +17,6 @@ from workbench.plan import costs
 from workbench.plan.guard import BudgetGuard
 from workbench.plan.images import decode_seconds, images_side
 from workbench.plan.machine import Machine, measure
-# Transitional, for tests/conftest.py and tests/test_recipes.py until they import these from plan.machine:
-from workbench.plan.machine import blocks as _blocks, fit, machine_key  # noqa: F401
-from workbench.plan.machine import profile_path as _profile_path  # noqa: F401
 from workbench.plan.scoring import HEADER, MAX_EPOCHS, Candidate, candidates_for, tau
 from workbench.utils import checks
 from workbench.utils.say import Say

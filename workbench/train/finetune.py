@@ -9,15 +9,14 @@ BatchNorm re-estimation) come from `workbench.train.policy.training_policy`. Eve
 checkpointed in `output_dir/checkpoints` (`checkpoints`); calling `finetune`
 again with the same `output_dir` resumes after the last completed epoch.
 
-The run is a sequence of named steps, the methods of `_Run` in the order
-`finetune` calls them: check arguments, the training policy, place under the
-strategy, compile, resume, head epochs on cached features, staged epochs
-(in progressive-resizing phases), result (with test-time augmentation).
+`finetune` groups its keywords into settings checked once (`workbench.train.settings`)
+and resolves the training policy once (or takes one resolved already); the run is then
+a sequence of named steps, the methods of `_Run` in the order `finetune` calls them:
+place under the strategy, compile, resume, head epochs on cached features, staged
+epochs (in progressive-resizing phases), result (with test-time augmentation).
 """
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,21 +25,23 @@ import numpy as np
 import tensorflow as tf
 
 from workbench.utils import checks, runtime
+from workbench.utils.say import Say
 
 from workbench.train import ema, progressive
 from workbench.train.bn_refresh import BNRefresh
 from workbench.train.checkpoints import Recorder, RunState, restore
-from workbench.models.contract import STAGES, outputs_logits, stage_layers, trainable_candidates
+from workbench.models.contract import outputs_logits, trainable_candidates
 from workbench.data.pipeline import steps_per_epoch
 from workbench.train.distribute import describe, fitting, is_chief, make_strategy
 from workbench.train.feature_cache import cache_features
 from workbench.models.layers import set_grouped_conv_implementation
 from workbench.train.discriminative import DiscriminativeOptimizer
-from workbench.train.precision import resolve_precision, training_precision
+from workbench.train.precision import training_precision
 from workbench.train.lr_schedules import WarmupCosine
-from workbench.train.policy import training_policy
+from workbench.train.policy import TrainingPolicy, training_policy
+from workbench.train.settings import Optimization, Outputs, Runtime
 from workbench.train.tta import check_model as check_tta_model, tta_accuracy
-from workbench.train.unfreeze import GradualUnfreezing, check_schedule, format_schedule, stages_at
+from workbench.train.unfreeze import GradualUnfreezing
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -84,8 +85,16 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
              cache_features: bool = True, strategy=None, restore_best: bool = True, monitor="val_accuracy",
              callbacks=None, verbose="auto", deterministic: bool = True, jit_compile="auto",
              precision="auto", augment=None, ema: bool = False, tta: bool = False, progressive: bool = False,
-             bn_refresh="auto", pretrained: bool = True) -> FinetuneResult:
-    """Fine-tune `model` on `data` (an `ImageData`): head first, then stages from the top, lower rates below.
+             bn_refresh="auto", pretrained=None, policy: TrainingPolicy | None = None) -> FinetuneResult:
+    """Fine-tune `model` on `data` (an `ImageData`) under the training policy: by default every stage from epoch 0.
+
+    The keywords come in four groups, each made once here: the training policy
+    (`policy`, or its parts unfreeze, lr_decay, augment, ema, tta, progressive,
+    bn_refresh, pretrained), `Optimization` (lr, optimizer, weight_decay,
+    multipliers, label_smoothing, class_weight, warmup), `Runtime` (seed,
+    deterministic, precision, strategy, jit_compile, cache_features, verbose)
+    and `Outputs` (output_dir, resume, restore_best, monitor, callbacks); see
+    `workbench.train.settings`.
 
     model: a `keras.Model` from `wb.regnet`, or a zero-argument callable that
         builds one. With a `strategy` the model must own variables created under
@@ -99,9 +108,11 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
         (`workbench.train.precision`); the returned model is float32 either way.
     jit_compile: as Keras' `compile`; True (XLA, e.g. as a proxy for a TPU) runs
         grouped convolutions on their native op.
-    unfreeze: schedule (dict or "0:head,2:stage4,4:stage3+stage2"); None or
-        "auto": what `workbench.train.policy.training_policy` chose from the transfer
-        benchmark for `pretrained` weights (or random initialization).
+    policy: a `TrainingPolicy` resolved already (`wb.training_policy(...)`), used
+        as it is; its parts are then not passed here.
+    unfreeze: schedule (a dict, "0:head,2:stage4,4:stage3+stage2" or a `Schedule`);
+        None or "auto": what `workbench.train.policy.training_policy` chose from the
+        transfer benchmark for `pretrained` weights (or random initialization).
     lr: peak learning rate of the head (warmup over `warmup` of the steps,
         then cosine to 1%); stage k trains at lr / lr_decay**depth, or at
         lr * multipliers[stage]. lr_decay "auto": 1 with unfreeze="auto", 2.6
@@ -121,31 +132,52 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
     progressive: early epochs on smaller images (`workbench.train.progressive`).
     bn_refresh: re-estimate BatchNorm statistics on training images before each
         evaluation (`workbench.train.bn_refresh`); "auto": as the policy says.
-    pretrained: whether `model` holds pretrained weights (what "auto" depends on).
+    pretrained: whether `model` holds pretrained weights (what "auto" depends on;
+        None: True).
     seed, deterministic: `seed` governs data order, augmentation, dropout and
         the order of cached features; with `deterministic` (TensorFlow op
         determinism) the same seed gives the same numbers on the same machine
         (`workbench.utils.runtime.seed_everything`).
     """
-    run = _Run(data, epochs, unfreeze, lr, lr_decay, label_smoothing, class_weight, warmup, seed,
-               restore_best, monitor, callbacks, verbose, deterministic, precision)
-    run.policy(pretrained, augment, ema, tta, progressive, bn_refresh)
-    run.place(model, strategy)
-    run.compile(optimizer, multipliers, weight_decay, jit_compile)
-    run.resume(output_dir, resume)
-    with runtime.training_graph_optimization(), training_precision(run.model, run.precision):
-        run.head_epochs(cache_features)
+    epochs = checks.positive_int("epochs", epochs)
+    optimization = Optimization.checked(lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                                        multipliers=multipliers, label_smoothing=label_smoothing,
+                                        class_weight=class_weight, warmup=warmup)
+    setup = Runtime.checked(seed=seed, deterministic=deterministic, precision=precision, strategy=strategy,
+                            jit_compile=jit_compile, cache_features=cache_features, verbose=verbose)
+    outputs = Outputs.checked(output_dir=output_dir, resume=resume, restore_best=restore_best, monitor=monitor,
+                              callbacks=callbacks)
+    parts = dict(unfreeze=unfreeze, lr_decay=lr_decay, augment=augment, ema=ema, tta=tta, progressive=progressive,
+                 bn_refresh=bn_refresh, pretrained=pretrained)
+    run = _Run(data, epochs, _policy(policy, parts, data, epochs), optimization, setup, outputs,
+               own_pipeline=policy is None and augment is None)
+    run.place(model)
+    run.compile()
+    run.resume()
+    with runtime.training_graph_optimization(), training_precision(run.model, setup.precision):
+        run.head_epochs()
         run.staged_epochs()
-    return run.result(output_dir)
+    return run.result()
 
 
-def _verbosity(verbose) -> int:
-    if verbose != "auto":
-        return int(verbose)
-    env = os.environ.get("WORKBENCH_PROGRESS", "")
-    if env in ("bar", "lines"):
-        return 1 if env == "bar" else 2
-    return 1 if sys.stdout.isatty() else 2
+def _policy(policy, parts: dict, data, epochs: int) -> TrainingPolicy:
+    """The run's training policy: `policy` as it is, else resolved once from its parts."""
+    defaults = dict(unfreeze=None, lr_decay="auto", augment=None, ema=False, tta=False, progressive=False,
+                    bn_refresh="auto", pretrained=None)
+    if policy is None:
+        augment = parts["augment"] if parts["augment"] is not None else getattr(data, "augment", None)
+        pretrained = True if parts["pretrained"] is None else parts["pretrained"]
+        return training_policy(parts["unfreeze"], epochs, pretrained, parts["lr_decay"], augment=augment,
+                               ema=parts["ema"], tta=parts["tta"], progressive=parts["progressive"],
+                               bn_refresh=parts["bn_refresh"])
+    if not isinstance(policy, TrainingPolicy):
+        raise ValueError(f"policy must be a TrainingPolicy from wb.training_policy(...), got {policy!r}.")
+    given = [k for k, v in parts.items() if v != defaults[k]
+             and not (k == "pretrained" and v == policy.pretrained)]
+    if given:
+        raise ValueError(f"finetune got policy= and also {', '.join(given)}: the policy holds them; pass them to "
+                         "wb.training_policy(...) instead, or drop policy=.")
+    return policy
 
 
 def make_optimizer(optimizer, lr_schedule, weight_decay):
@@ -168,37 +200,20 @@ def make_optimizer(optimizer, lr_schedule, weight_decay):
 class _Run:
     """One fine-tuning run; `finetune` calls its steps in order."""
 
-    def __init__(self, data, epochs, unfreeze, lr, lr_decay, label_smoothing, class_weight, warmup, seed,
-                 restore_best, monitor, callbacks, verbose, deterministic, precision):
-        """Step 1: check every argument before any work, and seed the run."""
-        self.epochs = checks.positive_int("epochs", epochs)
-        self.lr = checks.positive_number("lr", lr, " (a learning rate, e.g. 1e-3)")
-        self.lr_decay = lr_decay if lr_decay == "auto" else checks.lr_decay(lr_decay)
-        self.label_smoothing = checks.fraction("label_smoothing", label_smoothing)
-        self.warmup = checks.fraction("warmup", warmup, " (a fraction of all steps)")
-        self.seed = checks.integer("seed", seed)
-        self.precision = resolve_precision(precision)
-        if class_weight == "balanced":
-            class_weight = dict(data.class_weights)
-        elif class_weight is not None and not isinstance(class_weight, dict):
-            raise ValueError(f"class_weight must be None, 'balanced' or {{class index: weight}}, got {class_weight!r}.")
-        self.unfreeze = unfreeze
-        self.data, self.restore_best, self.monitor = data, restore_best, monitor
-        self.verbosity = _verbosity(verbose)
-        self.log: list[str] = []
-        self.fit_kw = dict(verbose=self.verbosity, class_weight=class_weight, shuffle=False)  # tf.data shuffles
-        self.callbacks = list(callbacks or [])
+    def __init__(self, data, epochs: int, policy: TrainingPolicy, optimization: Optimization, setup: Runtime,
+                 outputs: Outputs, own_pipeline: bool):
+        """Step 1: the checked settings and the resolved policy; the run seeded."""
+        self.data, self.epochs, self.chosen = data, epochs, policy
+        self.opt, self.setup, self.outputs = optimization, setup, outputs
+        self.augment = None if own_pipeline else policy.augment  # None: the loader's pipeline
+        self.say = Say(setup.verbosity)
+        self.log = self.say.lines
+        self.fit_kw = dict(verbose=setup.verbosity, class_weight=optimization.class_weights(data),
+                           shuffle=False)  # tf.data shuffles
+        self.callbacks = list(outputs.callbacks)
         self.speedup = self.resumed_at = self.bn_refresh = None
         self.stopped = False  # a callback stopped training (EarlyStopping, a time budget): no later phase runs
-        runtime.seed_everything(self.seed, deterministic)
-
-    def policy(self, pretrained, augment, ema_on, tta, progressive_on, bn_refresh):
-        """Step 1b: the training policy ("auto" resolved by `training_policy`): schedule, decay, extras."""
-        chosen = training_policy(self.unfreeze, self.epochs, pretrained, self.lr_decay,
-                                 augment=augment if augment is not None else getattr(self.data, "augment", None),
-                                 ema=ema_on, tta=tta, progressive=progressive_on, bn_refresh=bn_refresh)
-        self.unfreeze, self.lr_decay, self.chosen = chosen.unfreeze, chosen.lr_decay, chosen
-        self.augment = chosen.augment if augment is not None else None  # None: the loader's pipeline
+        runtime.seed_everything(setup.seed, setup.deterministic)
 
     def extras(self, staged: bool) -> list:
         """The policy's callbacks for one fit: EMA swap first, then BatchNorm re-estimation."""
@@ -209,13 +224,9 @@ class _Run:
             self.bn_refresh = out[-1]
         return out
 
-    def say(self, msg: str):
-        self.log.append(msg)
-        if self.verbosity:
-            print(msg, flush=True)
-
-    def place(self, model, strategy):
+    def place(self, model):
         """Step 2: the model under the tf.distribute strategy (built in its scope, or cloned into it)."""
+        strategy = self.setup.strategy
         self.strategy = make_strategy(strategy) if strategy is not None else tf.distribute.get_strategy()
         with self.strategy.scope():
             if not isinstance(model, keras.Model):
@@ -231,61 +242,65 @@ class _Run:
         self.model = model
         if self.chosen.tta:
             check_tta_model(model)
-        self.schedule = check_schedule(self.unfreeze, model, self.epochs)
+        self.schedule = self.chosen.unfreeze.check(model, self.epochs)
         out_units, data = model.outputs[0].shape[-1], self.data
         if out_units != data.num_classes:
             raise ValueError(f"The model predicts {out_units} classes but the data has {data.num_classes} "
                              f"({', '.join(data.class_names)}): build it with num_classes={data.num_classes}.")
+        self.unfreezer = GradualUnfreezing(self.schedule, epochs=self.epochs, say=self.say)
 
-    def compile(self, optimizer, multipliers, weight_decay, jit_compile):
+    def compile(self):
         """Step 3: AdamW (or the given optimizer) under warmup + cosine, wrapped for discriminative rates."""
+        opt, setup = self.opt, self.setup
         n = int(self.data.train.cardinality())
         self.steps = n if n > 0 else steps_per_epoch(self.data.num_train, self.data.batch_size)
         total = self.steps * self.epochs
-        schedule = WarmupCosine(self.lr, total_steps=max(total, 1), warmup_steps=int(self.warmup * total),
+        schedule = WarmupCosine(opt.lr, total_steps=max(total, 1), warmup_steps=int(opt.warmup * total),
                                 final_lr_frac=0.01)
         with self.strategy.scope():
-            inner = make_optimizer(optimizer, schedule, weight_decay)
+            inner = make_optimizer(opt.optimizer, schedule, opt.weight_decay)
             if self.chosen.ema:
                 self.say(f"EMA of weights, momentum {ema.enable(inner, total):.4g}: evaluated and kept.")
-            self.optimizer = DiscriminativeOptimizer(inner, self.model, decay=self.lr_decay, multipliers=multipliers)
-            if self.precision == "mixed_float16":
+            self.optimizer = DiscriminativeOptimizer(inner, self.model, decay=self.chosen.lr_decay,
+                                                     multipliers=opt.multipliers)
+            if setup.precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
-            loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing,
+            loss = keras.losses.CategoricalCrossentropy(label_smoothing=opt.label_smoothing,
                                                         from_logits=outputs_logits(self.model))
-            self.compile_kw = dict(loss=loss, metrics=["accuracy"], jit_compile=jit_compile)
+            self.compile_kw = dict(loss=loss, metrics=["accuracy"], jit_compile=setup.jit_compile)
             self.model.compile(optimizer=self.optimizer, **self.compile_kw)
             self.optimizer.build(trainable_candidates(self.model))
         if self.model.jit_compile:
             set_grouped_conv_implementation(self.model, "native")  # XLA compiles the native grouped op
-        elif jit_compile is True:
+        elif setup.jit_compile is True:
             self.say("jit_compile=True was refused by Keras: TensorFlow's op determinism is on "
                      "(pass deterministic=False in a fresh process to train under XLA).")
-        self.say(f"Training on {describe(self.strategy)} in {self.precision}"
+        self.say(f"Training on {describe(self.strategy)} in {setup.precision}"
                  f"{', XLA' if self.model.jit_compile else ''}.")
-        self.settings = {"epochs": self.epochs, "unfreeze": format_schedule(self.schedule), "lr": self.lr,
-                         "lr_decay": self.lr_decay, "optimizer": str(optimizer) if isinstance(optimizer, str)
-                         else type(optimizer).__name__, "seed": self.seed, "steps_per_epoch": self.steps,
-                         "policy": self.chosen.as_dict()}
+        self.settings = {"epochs": self.epochs, "unfreeze": str(self.schedule), "lr": opt.lr,
+                         "lr_decay": self.chosen.lr_decay, "optimizer": opt.optimizer_name, "seed": setup.seed,
+                         "steps_per_epoch": self.steps, "policy": self.chosen.as_dict()}
 
-    def resume(self, output_dir, resume):
+    def resume(self):
         """Step 4: continue the run saved in output_dir, or start one there."""
-        self.state = RunState(output_dir, self.settings, self.monitor, writer=is_chief(self.strategy))
-        self.resumed_at = self.state.resume(self.model, resume, self.say)
-        self.recorder = Recorder(self.model, self.state, keep_best_in_memory=self.restore_best)
+        out = self.outputs
+        self.state = RunState(out.output_dir, self.settings, out.monitor, writer=is_chief(self.strategy))
+        self.resumed_at = self.state.resume(self.model, out.resume, self.say)
+        self.recorder = Recorder(self.model, self.state, keep_best_in_memory=out.restore_best)
+        self.recorder.unfreezer = self.unfreezer
 
     def encode(self, x, y):
         if y.shape.rank == 2:  # already one-hot (mixup / cutmix)
             return x, tf.cast(y, tf.float32)
         return x, tf.one_hot(tf.cast(y, tf.int32), self.data.num_classes)
 
-    def head_epochs(self, cache):
+    def head_epochs(self):
         """Step 5: while only the head trains, train it on backbone features computed once."""
-        start, end = self.state.next_epoch, 0
-        while end < self.epochs and set(stages_at(self.schedule, end)) <= {"head"}:
-            end += 1
-        cached = (cache_features(self.model, self.data, self.seed, self.encode, first_epoch=start)
-                  if cache and start < end else None)
+        start, seed = self.state.next_epoch, self.setup.seed
+        until = self.schedule.head_only_until
+        end = self.epochs if until is None else min(until, self.epochs)
+        cached = (cache_features(self.model, self.data, seed, self.encode, first_epoch=start)
+                  if self.setup.cache_features and start < end else None)
         if cached is None:
             return
         with self.strategy.scope():  # its metrics too are the strategy's (synchronised across workers)
@@ -294,18 +309,14 @@ class _Run:
                 "one un-shuffled pass of data.train, so any augmentation is fixed to that single view")
         self.say(f"Epochs {start + 1}-{end}: backbone frozen, training the head on cached backbone features "
                  f"({note}; extracted in {cached.seconds:.1f}s).")
-        log = GradualUnfreezing({0: "head"}, verbose=self.verbosity, epochs=self.epochs)
-        log.set_model(self.model)
         if start == 0:
-            log.events = [{"epoch": 0, "stages": ["head"]}]
-            frozen = ", ".join(s for s in STAGES if s != "head" and stage_layers(self.model, s))
-            self.say(f"Epoch 1/{self.epochs}: unfroze head (lr x1); frozen: {frozen}")
-        self.recorder.unfreezer = log
+            self.unfreezer.set_model(self.model)
+            self.unfreezer.announce(0)
         with fitting(cached.head, self.strategy):
             cached.head.fit(cached.train, validation_data=cached.val, epochs=end, initial_epoch=start,
                             steps_per_epoch=self.steps,
                             callbacks=self.extras(staged=False) + [self.recorder] + self.callbacks, **self.fit_kw)
-        self.recorder.stop_if_nan(self.lr)
+        self.recorder.stop_if_nan(self.opt.lr)
         self.stopped = bool(cached.head.stop_training)
         seconds = [self.recorder.epoch_seconds[e] for e in range(start, end) if e in self.recorder.epoch_seconds]
         if seconds:
@@ -315,27 +326,22 @@ class _Run:
 
     def staged_epochs(self):
         """Step 6: the full model, stages unfrozen on schedule."""
-        start = self.state.next_epoch
+        start, seed = self.state.next_epoch, self.setup.seed
         if start >= self.epochs or self.stopped:
             return
-        unfreezer = GradualUnfreezing(self.schedule, verbose=self.verbosity, epochs=self.epochs)
-        if self.recorder.unfreezer is not None:
-            unfreezer.events = list(self.recorder.unfreezer.events)
-        self.recorder.unfreezer = unfreezer
         for first, end, side, model in self.phases(start):
-            train = (self.data.training(self.seed, first, self.augment) if hasattr(self.data, "training")
+            train = (self.data.training(seed, first, self.augment) if hasattr(self.data, "training")
                      else self.data.train.repeat())
             if model is not self.model:
                 train = progressive.resized(train, side)
             with fitting(model, self.strategy):
                 model.fit(train.map(self.encode), validation_data=self.data.val.map(self.encode),
                           epochs=end, initial_epoch=first, steps_per_epoch=self.steps,
-                          callbacks=self.extras(staged=True) + [unfreezer, self.recorder] + self.callbacks,
+                          callbacks=self.extras(staged=True) + [self.unfreezer, self.recorder] + self.callbacks,
                           **self.fit_kw)
-            self.recorder.stop_if_nan(self.lr)
+            self.recorder.stop_if_nan(self.opt.lr)
             if model.stop_training:
                 break
-        self.log += unfreezer.log
 
     def phases(self, start):
         """[(first epoch, end epoch, side, model to fit)]: one phase at full size, or progressive resizing."""
@@ -352,11 +358,11 @@ class _Run:
         self.sides = {e: side for a, b, side in plan for e in range(a, b)}
         return [(a, b, side, self.model if side == size else twin) for a, b, side in plan]
 
-    def result(self, output_dir) -> FinetuneResult:
+    def result(self) -> FinetuneResult:
         """Step 7: the best (or last) weights in the model, and what the run did."""
         state, recorder = self.state.state, self.recorder
         best_epoch = state["best_epoch"]
-        if self.restore_best and best_epoch is not None:
+        if self.outputs.restore_best and best_epoch is not None:
             if recorder.best_weights is not None:
                 self.model.set_weights(recorder.best_weights)
             elif self.state.dir is not None and (self.state.dir / "best.keras").exists():
@@ -371,8 +377,8 @@ class _Run:
                               epochs_run=state["epoch"] + 1, best_epoch=best_epoch,
                               best_val_accuracy=state["best_value"], model=self.model,
                               feature_cache_speedup=self.speedup, resumed_at=self.resumed_at,
-                              output_dir=Path(output_dir) if output_dir is not None else None, log=self.log,
-                              epoch_seconds=dict(recorder.epoch_seconds), precision=self.precision,
+                              output_dir=self.outputs.output_dir, log=self.log,
+                              epoch_seconds=dict(recorder.epoch_seconds), precision=self.setup.precision,
                               strategy=describe(self.strategy), policy=self.chosen.as_dict(),
                               evaluation=evaluation,
                               progressive=progressive.report(getattr(self, "sides", {}), recorder.epoch_seconds,

@@ -1,83 +1,47 @@
 """Noisy-student fine-tuning: unlabelled images become training data (Xie et al., 2020).
 
-"Self-training with Noisy Student improves ImageNet classification", adapted
-to fine-tuning a pretrained model on few labels:
+"Self-training with Noisy Student improves ImageNet classification", adapted to fine-tuning a
+pretrained model on few labels:
 
-1. a teacher is fine-tuned on the labelled images with the workbench's
-   normal policy (`wb.finetune`);
-2. it labels the unlabelled images: class probabilities (`labels="soft"`) or
-   the top class (`"hard"`), averaged over test-time views with `teacher_tta`.
-   Images whose top probability is below `threshold` are dropped, and the
-   classes are balanced as the paper does: a class with more than the mean
-   count keeps its most confident images, a class with fewer repeats its own;
-3. a student, built fresh from the same pretrained weights (equal or larger:
-   a smaller one is allowed with a warning), trains on labelled plus
-   pseudo-labelled images with noise: augmentation (`noise`: random-resized
-   crops; RandAugment as in the paper is one word away), dropout before the
-   classifier and stochastic depth (the paper's 0.5 and 0.8 survival of the
-   last block, i.e. `drop_path=0.2`);
+1. a teacher is fine-tuned on the labelled images under the workbench's policy (`wb.finetune`);
+2. it labels the unlabelled images: the top class (`labels="hard"`) or class probabilities
+   (`"soft"`), averaged over test-time views with `teacher_tta`. Images whose top probability is below
+   `threshold` are dropped, and the classes are balanced as the paper does
+   (`workbench.train.pseudo_labels`);
+3. a student, built fresh from the same pretrained weights (equal or larger: a smaller one is allowed
+   with a warning), trains on labelled plus pseudo-labelled images with noise: random-resized crops,
+   dropout before the classifier and stochastic depth (`drop_path=0.2`);
 4. the student becomes the teacher, for `rounds` rounds.
 
-While a model's backbone stays frozen (a head-only schedule), its features
-of the unlabelled and validation images are computed once and reused by every
-later pseudo-label pass whose backbone weights are the same.
+Every round's validation accuracy is reported beside the teacher-only baseline, with the pseudo-labels
+kept per class and their accuracy on held-out labelled images (and on the unlabelled images' true
+classes when `truth` is known). The returned model is the best round's by validation accuracy (the
+teacher when no student beats it, which is then said plainly).
 
-Every round's validation accuracy is reported beside the teacher-only
-baseline on the same validation set, with the pseudo-labels kept per class,
-their accuracy on held-out labelled images (the validation images the
-teacher is confident about), and, when the true labels of the unlabelled
-images are known (`truth`, in tests and benchmarks), their real accuracy. The
-returned model is the best round's by validation accuracy (the teacher when
-no student beats it, which is then said plainly).
-
-The defaults were chosen with `python -m workbench.bench.noisy_student
---seeds 0,1,2` (a 0.4 M-parameter RegNetY pretrained on a source task,
-fine-tuned at 32 px for 12 epochs; scikit-learn's digits 5-9 and scikit-image's
-brick/grass/gravel textures with 10 or 50 labels per class, the rest of the
-training pool unlabelled). Validation accuracy, mean of 3 seeds:
-
-    task (labelled/unlab.)  teacher  hard  hard r2  soft   soft,thr 0  soft,RandAug  soft,no noise
-    digits@10   (50/596)    0.755    0.855  0.888   0.837  0.825       0.715         0.836
-    digits@50   (250/396)   0.921    0.943  0.935   0.923  0.945       0.716         0.945
-    textures@10 (30/270)    0.644    0.800  0.803   0.797  0.794       0.508         0.711
-    textures@50 (150/150)   0.833    0.808  0.772   0.783  0.786       0.683         0.792
-    mean                    0.788    0.851  0.849   0.835  0.838       0.656         0.821
-
-- `labels="hard"` (LABEL_DEFAULT): hard pseudo-labels beat soft ones on all
-  four tasks (mean +0.016).
-- `NOISE = "crop"` with dropout 0.5 and stochastic depth 0.2: noise is what
-  lets the student beat the teacher (+0.014 on average over no noise, +0.09
-  on textures@10); RandAugment, the paper's noise, hurt every task at 32 px in
-  12 epochs (as `strong` augmentation does in the transfer benchmark).
-- `THRESHOLD = 0.5`: even with no threshold (0.838 against 0.835, soft labels);
-  it raises the pseudo-labels' accuracy (digits@10 0.85 against 0.77).
-- One round (`rounds=1`): a second one gained on digits@10 (+0.03), lost
-  on the 50-label tasks.
-- It pays off with few labels and many unlabelled images (+0.10 and +0.16
-  with 10 labels per class) and lost on textures@50, with as many unlabelled
-  images as labelled ones (150 each; -0.025): a run in that regime warns.
+The defaults (hard labels, crop noise with dropout 0.5 and stochastic depth 0.2, threshold 0.5, one
+round) were chosen with `python -m workbench.bench.noisy_student --seeds 0,1,2`: the table and the
+reasons are in docs/noisy-student.md. It pays off with few labels and many unlabelled images; with
+about as many unlabelled images as labelled ones it lost (-0.025), so such a run warns.
 """
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from workbench.data import augment as augmentation
 from workbench.utils import checks
-from workbench.models.contract import feature_extractor, head_model, probabilities
+from workbench.utils.say import Say
 from workbench.train.finetune import FinetuneResult, finetune
 from workbench.data.folders import scan_unlabeled, unlabeled_batches, with_extra_images
 from workbench.data.pipeline import class_indices
-from workbench.train.tta import views
+from workbench.train.pseudo_labels import Predictor, select
 
 LABELS = ("soft", "hard")
-LABEL_DEFAULT = "hard"   # the choices below are the benchmark's (module docstring)
+LABEL_DEFAULT = "hard"   # these three are the benchmark's choices (docs/noisy-student.md)
 THRESHOLD = 0.5
 NOISE = "crop"
 DROPOUT = 0.5
@@ -151,70 +115,6 @@ class NoisyStudentResult:
         return fig
 
 
-def select(probs: np.ndarray, threshold: float, balance: bool) -> np.ndarray:
-    """Indices of the pseudo-labelled images to train on (with repeats when balancing).
-
-    Images whose top probability is below `threshold` are dropped; with
-    `balance`, every class that kept any is brought to the mean count over
-    those classes: its most confident images when it has more, its own images
-    repeated when it has fewer (the paper's duplicate-or-trim).
-    """
-    confidence, top = probs.max(-1), probs.argmax(-1)
-    per_class = [np.flatnonzero((top == c) & (confidence >= threshold)) for c in range(probs.shape[1])]
-    per_class = [idx[np.argsort(-confidence[idx], kind="stable")] for idx in per_class]
-    if not balance:
-        return np.sort(np.concatenate(per_class)).astype(np.int64)
-    present = [len(idx) for idx in per_class if len(idx)]
-    if not present:
-        return np.zeros(0, np.int64)
-    target = int(round(np.mean(present)))
-    return np.concatenate([np.resize(idx, target) for idx in per_class if len(idx)]).astype(np.int64)
-
-
-class _Predictor:
-    """Class probabilities of a model on a dataset (averaged over test-time views), reusing the backbone
-    features of earlier passes whose backbone weights were the same."""
-
-    def __init__(self):
-        self.features: dict[tuple, np.ndarray] = {}
-        self._parts: dict[int, tuple] = {}
-
-    def _split(self, model):
-        """(model, backbone, head or None, fingerprint of the backbone weights), made once per model."""
-        if id(model) not in self._parts:
-            backbone, head = feature_extractor(model), head_model(model)
-            digest = hashlib.sha1()
-            for w in backbone.weights:
-                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
-            self._parts[id(model)] = (model, backbone, head, digest.hexdigest())
-        return self._parts[id(model)][1:]
-
-    @staticmethod
-    def _outputs(net, dataset, tta: bool, flip: bool) -> np.ndarray:
-        """(views, images, ...) outputs of `net`; a short last batch is padded, so one trace serves all."""
-        outputs, size = [], None
-        for x, _ in dataset:
-            n = int(x.shape[0])
-            size = size or n
-            per_view = []
-            for v in (views(x, flip) if tta else [x]):
-                padded = tf.pad(v, [[0, size - n], [0, 0], [0, 0], [0, 0]]) if n < size else v
-                per_view.append(net.predict_on_batch(padded)[:n])
-            outputs.append(np.stack(per_view))
-        return np.concatenate(outputs, axis=1)
-
-    def __call__(self, model, dataset: tf.data.Dataset, name: str, tta: bool, flip: bool) -> np.ndarray:
-        backbone, head, fingerprint = self._split(model)
-        if head is None:
-            out = self._outputs(model, dataset, tta, flip)
-            return np.mean([keras.ops.convert_to_numpy(probabilities(model, o)) for o in out], axis=0)
-        key = (fingerprint, name, tta, flip)
-        if key not in self.features:
-            self.features[key] = self._outputs(backbone, dataset, tta, flip)
-        return np.mean([keras.ops.convert_to_numpy(probabilities(model, head(f, training=False)))
-                        for f in self.features[key]], axis=0)
-
-
 def noisy_student(data, unlabeled_dir, teacher, student=None, *, rounds: int = 1, epochs: int = 10,
                   labels: str = LABEL_DEFAULT, threshold: float = THRESHOLD, balance: bool = True, noise=NOISE,
                   dropout: float = DROPOUT, drop_path: float = DROP_PATH, teacher_tta: bool = False, truth=None,
@@ -241,8 +141,8 @@ def noisy_student(data, unlabeled_dir, teacher, student=None, *, rounds: int = 1
         images whose labels are known (benchmarks, tests): their pseudo-label
         accuracy is reported; true labels are only compared with, never trained on.
     output_dir: round k checkpoints in output_dir/round<k> (rerun to resume).
-    finetune_kwargs: passed to every `wb.finetune` (lr, unfreeze, pretrained, ...);
-        `augment` applies to the teacher only (students get `noise`).
+    finetune_kwargs: passed to every `wb.finetune` (lr, unfreeze, pretrained, policy, ...);
+        `augment` (or a policy's) applies to the teacher only (students get `noise`).
     """
     checks.positive_int("rounds", rounds)
     checks.positive_int("epochs", epochs)
@@ -258,7 +158,7 @@ def noisy_student(data, unlabeled_dir, teacher, student=None, *, rounds: int = 1
         raise ValueError("teacher is a fine-tuned model, so student= must build the student "
                          "(a callable accepting dropout= and drop_path_rate=).")
     student = student or teacher
-    say = print if verbose else (lambda *_: None)
+    say = Say(verbose)
     files, feed, skipped = scan_unlabeled(unlabeled_dir, data.image_size)
     if skipped:
         say(f"Skipped {len(skipped)} unreadable unlabelled file(s): "
@@ -267,7 +167,8 @@ def noisy_student(data, unlabeled_dir, teacher, student=None, *, rounds: int = 1
     known = _truth_indices(truth or {}, files, root, data.class_names)
     run = _Rounds(data, epochs, seed, verbose, output_dir, finetune_kwargs, say)
 
-    run.train(0, "teacher", teacher, finetune_kwargs.get("augment"))
+    policy = finetune_kwargs.get("policy")
+    run.train(0, "teacher", teacher, policy.augment if policy is not None else finetune_kwargs.get("augment"))
     if not files:
         run.warn(f"All {len(skipped)} unlabelled images in '{root}' are unreadable: no pseudo-labels, so this "
                  "was ordinary fine-tuning (the teacher alone).")
@@ -314,9 +215,16 @@ class _Rounds:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.kwargs = {k: v for k, v in finetune_kwargs.items() if k != "augment"}
         self.rounds, self.results, self.models, self.warnings = [], [], [], []
-        self.predict = _Predictor()
+        self.predict = Predictor()
         self.val_labels = class_indices(np.concatenate([np.asarray(y) for _, y in data.val]))
         self.teacher_params = None
+
+    def with_augment(self, augment) -> dict:
+        """The finetune arguments with `augment` (a resolved policy given gets it in its place)."""
+        policy = self.kwargs.get("policy")
+        if policy is None:
+            return {**self.kwargs, "augment": augment}
+        return {**self.kwargs, "policy": replace(policy, augment=augmentation.parse(augment, "none"))}
 
     def warn(self, message: str):
         self.warnings.append(message)
@@ -336,7 +244,7 @@ class _Rounds:
             result = None
         else:
             self.say(f"Round {k}: fine-tuning the {role} ({model.name}, {params:,} parameters).")
-            kwargs = self.kwargs if augment is None else {**self.kwargs, "augment": augment}
+            kwargs = self.kwargs if augment is None else self.with_augment(augment)
             result = finetune(model, data or self.data, self.epochs, seed=self.seed, verbose=self.verbose,
                               output_dir=self.output_dir / f"round{k}" if self.output_dir else None, **kwargs)
             model = result.model

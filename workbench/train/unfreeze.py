@@ -1,4 +1,4 @@
-"""Staged gradual unfreezing: a schedule of epoch -> stages, and the callback that applies it.
+"""Staged gradual unfreezing: the callback that applies a `Schedule`, and the unfreezing policy.
 
 Freezing is `layer.trainable = False` on a stage's layers: no gradients are
 computed for them, and in Keras 3 a frozen BatchNormalization layer runs in
@@ -18,102 +18,22 @@ a subset is reported before the first step.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import keras
 
-from workbench.utils import checks
+from workbench.utils.say import Say
 from workbench.models.contract import STAGES, stage_layers, trainable_candidates
 from workbench.train.discriminative import inner_discriminative
-
-
-def _stage_list(value, where: str) -> tuple[str, ...]:
-    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple, set)) else None
-    if not names:
-        raise ValueError(f"{where}: expected a stage name or a list of stage names, got {value!r}. "
-                         f"Stages: {', '.join(STAGES)} (or 'all').")
-    out = set()
-    for name in names:
-        if not isinstance(name, str):
-            raise ValueError(f"{where}: stage names must be strings, got {name!r}.")
-        name = name.strip()
-        if name == "all":
-            out.update(STAGES)
-        elif name in STAGES:
-            out.add(name)
-        else:
-            raise ValueError(f"{where}: unknown stage {name!r}. Stages are {', '.join(STAGES)}, or 'all'.")
-    return tuple(s for s in reversed(STAGES) if s in out)
-
-
-def _epoch(value, where: str) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where}: epoch must be a non-negative integer, got {value!r}.")
-    if value < 0:
-        raise ValueError(f"{where}: epoch {value} is negative; epochs count from 0.")
-    return value
-
-
-def parse_schedule(schedule) -> dict[int, tuple[str, ...]]:
-    """Epoch -> stages to unfreeze at its start, from a dict or a string like "0:head,2:stage4,4:stage3+stage2".
-
-    Epochs count from 0 (Keras' "Epoch 1/N" is epoch 0). `all` means every
-    stage. The schedule must start at epoch 0 (else nothing would train).
-    """
-    if isinstance(schedule, str):
-        text = schedule.strip()
-        if not text:
-            raise ValueError("Empty unfreezing schedule: expected e.g. '0:head,2:stage4,4:stage3+stage2'.")
-        items = []
-        for part in text.split(","):
-            if part.count(":") != 1:
-                raise ValueError(f"Malformed schedule entry {part.strip()!r} in {schedule!r}: expected "
-                                 "'epoch:stage' or 'epoch:stage+stage', e.g. '0:head,2:stage4,4:stage3+stage2'.")
-            epoch, stages = part.split(":")
-            if not re.fullmatch(r"\s*-?\d+\s*", epoch):
-                raise ValueError(f"Malformed schedule entry {part.strip()!r} in {schedule!r}: "
-                                 f"{epoch.strip()!r} is not an epoch number.")
-            where = f"schedule entry {part.strip()!r}"
-            ep = _epoch(int(epoch), where)
-            if ep in dict(items):
-                raise ValueError(f"Epoch {ep} appears twice in schedule {schedule!r}; join its stages with '+'.")
-            items.append((ep, _stage_list([s for s in stages.split("+")], where)))
-    elif isinstance(schedule, dict):
-        if not schedule:
-            raise ValueError("Empty unfreezing schedule: expected e.g. {0: 'head', 2: 'stage4'}.")
-        items = [(_epoch(k, f"schedule key {k!r}"), _stage_list(v, f"schedule[{k!r}]")) for k, v in schedule.items()]
-    else:
-        raise ValueError(f"Unfreezing schedule must be a dict or a string like '0:head,2:stage4', got {schedule!r}.")
-    out = dict(sorted(items))
-    if 0 not in out:
-        raise ValueError(f"Schedule {schedule!r} unfreezes nothing before epoch {min(out)}: start it at epoch 0, "
-                         "e.g. '0:head,2:stage4'.")
-    return out
-
-
-def default_schedule(epochs: int) -> dict[int, list[str]]:
-    """Head for the first ~third, then stage4, stage3+stage2, stage1+stem over the rest."""
-    epochs = checks.positive_int("epochs", epochs)
-    head = max(1, round(epochs / 3))
-    rest = epochs - head
-    phases = [["stage4"], ["stage3", "stage2"], ["stage1", "stem"]]
-    out: dict[int, list[str]] = {0: ["head"]}
-    for i, stages in enumerate(phases):
-        if rest <= 0:
-            break
-        e = head + (i * rest) // len(phases)
-        out.setdefault(e, []).extend(stages)
-    return out
+from workbench.train.policy import training_policy
+from workbench.train.schedule import Schedule
 
 
 @dataclass(frozen=True)
 class UnfreezePolicy:
     """What to unfreeze when, and the discriminative decay: `finetune(unfreeze=schedule, lr_decay=lr_decay)`."""
 
-    schedule: str  # "0:head,3:stage4,..."
+    schedule: Schedule
     lr_decay: float
     reason: str
 
@@ -132,41 +52,8 @@ def unfreeze_policy(unfreeze="auto", epochs: int = 10, pretrained: bool = True,
       the lower stages hold nothing worth protecting, so every stage trains at
       one rate (lr_decay 1), whatever the schedule.
     """
-    from workbench.train.policy import training_policy
-
     chosen = training_policy(unfreeze, epochs, pretrained, lr_decay, augment="none")
     return UnfreezePolicy(chosen.unfreeze, chosen.lr_decay, chosen.reason)
-
-
-def format_schedule(schedule) -> str:
-    """The string form of a schedule ("0:head,2:stage4")."""
-    return ",".join(f"{e}:{'+'.join(s)}" for e, s in parse_schedule(schedule).items())
-
-
-def stages_at(schedule, epoch: int) -> tuple[str, ...]:
-    """The stages trainable during `epoch` (everything unfrozen at or before it)."""
-    out = {s for e, stages in parse_schedule(schedule).items() if e <= epoch for s in stages}
-    return tuple(s for s in reversed(STAGES) if s in out)
-
-
-def check_schedule(schedule, model, epochs: int | None = None) -> dict[int, tuple[str, ...]]:
-    """Parse `schedule` and check it against a model (and a run length): errors before training."""
-    parsed = parse_schedule(schedule)
-    missing = sorted({s for stages in parsed.values() for s in stages if not stage_layers(model, s)},
-                     key=STAGES.index)
-    explicit = {s for v in (schedule.values() if isinstance(schedule, dict) else [schedule]) for s in
-                (re.split(r"[,:+]", v) if isinstance(v, str) else v)}
-    missing = [s for s in missing if s in explicit]  # 'all' may cover absent stages (no head)
-    if missing:
-        raise ValueError(f"The schedule unfreezes stage(s) {missing}, which model '{model.name}' does not have.")
-    if not any(stage_layers(model, s) for stages in parsed.values() for s in stages):
-        raise ValueError(f"Schedule {schedule!r} unfreezes no layer of model '{model.name}'.")
-    if epochs is not None:
-        late = [e for e in parsed if e >= epochs]
-        if late:
-            raise ValueError(f"The schedule unfreezes at epoch(s) {late}, but the run has {epochs} epochs "
-                             f"(0 to {epochs - 1}). Shorten the schedule or train longer.")
-    return parsed
 
 
 def set_trainable_stages(model, stages) -> None:
@@ -190,27 +77,23 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     Until a stage's epoch it is frozen (BatchNorm statistics unchanged). The
     change happens at the start of the epoch inside the running `fit`, keeping
-    the optimizer state and the History. `events` lists every unfreeze as
-    {"epoch": e, "stages": [...]}; `log` holds the printed lines.
+    the optimizer state and the History. `schedule` is a string, a dict or a
+    `Schedule`. `events` lists every unfreeze as {"epoch": e, "stages": [...]};
+    `log` holds the printed lines (those of `say`, a `Say`, when given).
     """
 
-    def __init__(self, schedule, verbose: int = 1, epochs: int | None = None):
+    def __init__(self, schedule, verbose: int = 1, epochs: int | None = None, say: Say | None = None):
         super().__init__()
-        self.schedule = parse_schedule(schedule)
-        self.verbose = verbose
+        self.schedule = Schedule.parse(schedule)
         self.epochs = epochs
+        self._say = say or Say(verbose)
+        self.log = self._say.lines
         self.events: list[dict] = []
-        self.log: list[str] = []
         self.current: tuple[str, ...] | None = None
-
-    def _say(self, msg):
-        self.log.append(msg)
-        if self.verbose:
-            print(msg, flush=True)
 
     def set_model(self, model):
         super().set_model(model)
-        check_schedule(self.schedule, model)
+        self.schedule.check(model)
 
     def _multiplier(self, stage) -> float:
         opt = inner_discriminative(getattr(self.model, "optimizer", None))
@@ -230,25 +113,34 @@ class GradualUnfreezing(keras.callbacks.Callback):
                 "wb.DiscriminativeOptimizer(optimizer, model) (built for every stage), or compile a "
                 "fully trainable model and let GradualUnfreezing do the freezing.")
 
+    def announce(self, epoch: int, newly=None) -> None:
+        """Record and say the unfreezing scheduled at `epoch` (of the stages in `newly`, default all)."""
+        target = self.schedule.stages_at(epoch)
+        new = [s for s in self.schedule.unfrozen_at(epoch)
+               if (newly is None or s in newly) and stage_layers(self.model, s)]
+        self.events.append({"epoch": epoch, "stages": new})
+        rates = ", ".join(f"{s} (lr x{self._multiplier(s):.3g})" for s in new)
+        frozen = [s for s in STAGES if s not in target and stage_layers(self.model, s)]
+        tail = f"; frozen: {', '.join(frozen)}" if frozen else ""
+        self._say(f"Epoch {epoch + 1}{self._of_n}: unfroze {rates}{tail}")
+
+    @property
+    def _of_n(self) -> str:
+        return f"/{self.epochs}" if self.epochs else ""
+
     def apply(self, epoch: int) -> bool:
         """Set the trainable stages for `epoch`; True if anything changed."""
-        target = stages_at(self.schedule, epoch)
+        target = self.schedule.stages_at(epoch)
         if target == self.current:
             return False
         first = self.current is None
         newly = [s for s in target if s not in (self.current or ())]
         set_trainable_stages(self.model, target)
         self.current = target
-        n = f"/{self.epochs}" if self.epochs else ""
-        if epoch in self.schedule:
-            new = [s for s in self.schedule[epoch] if s in newly and stage_layers(self.model, s)]
-            self.events.append({"epoch": epoch, "stages": new})
-            rates = ", ".join(f"{s} (lr x{self._multiplier(s):.3g})" for s in new)
-            frozen = [s for s in STAGES if s not in target and stage_layers(self.model, s)]
-            tail = f"; frozen: {', '.join(frozen)}" if frozen else ""
-            self._say(f"Epoch {epoch + 1}{n}: unfroze {rates}{tail}")
+        if self.schedule.unfrozen_at(epoch):
+            self.announce(epoch, newly)
         elif first:
-            self._say(f"Epoch {epoch + 1}{n}: resuming with trainable stages {', '.join(target)}")
+            self._say(f"Epoch {epoch + 1}{self._of_n}: resuming with trainable stages {', '.join(target)}")
         return True
 
     def on_epoch_begin(self, epoch, logs=None):

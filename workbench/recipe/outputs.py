@@ -1,0 +1,59 @@
+"""What a recipe run leaves in output_dir (metrics.json, model.keras, pictures, exports) and its summary."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from workbench.deploy.export import export_all
+from workbench.report.reports import write_report
+from workbench.train.distribute import is_chief
+
+
+def record_plan(metrics: dict, plan, result) -> dict:
+    """metrics.json with the plan, its predicted and actual seconds (after the report's lap)."""
+    plan.lap("report")
+    metrics["plan"] = plan.record(result)
+    predicted, actual = metrics["plan"]["predicted_seconds"], metrics["plan"]["actual_seconds"]
+    print(f"{'phase':<10} {'predicted':>9} {'actual':>8}")
+    for phase, seconds in predicted.items():
+        print(f"{phase:<10} {seconds:>8.0f}s {actual[phase]:>7.0f}s")
+    for line in metrics["plan"]["adapted"]:
+        print(line)
+    if is_chief():
+        out = Path(metrics["output_dir"]) / "metrics.json"
+        saved = json.loads(out.read_text())
+        saved["plan"] = metrics["plan"]
+        out.write_text(json.dumps(saved, indent=2, default=str))
+    return metrics
+
+
+def summary(metrics: dict, output_dir) -> str:
+    """Final recipe summary: accuracy, per-class table, where the outputs went."""
+    out = Path(output_dir)
+    lines = [f"{metrics['variant']}: val_accuracy {metrics['val_accuracy']:.3f}, "
+             f"val_loss {metrics['val_loss']:.3f} after {metrics['epochs_run']} epochs", "",
+             f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>5}"]
+    for name, m in metrics["per_class"].items():
+        lines.append(f"{name:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
+                     f"{m['support']:>5}")
+    lines += ["", f"Outputs in {out.resolve()}:"]
+    lines += [f"  {p.relative_to(out)}" for p in sorted(out.iterdir()) if p.name != "checkpoints"]
+    return "\n".join(lines)
+
+
+def save_outputs(result, data, output_dir, variant, export, extra=None) -> dict:
+    """model.keras, metrics.json and the report pictures, plus the requested exports.
+
+    `metrics["output_dir"]` says where they went: `output_dir`, or on a worker
+    of a multi-worker cluster other than the chief a scratch folder (every
+    worker evaluates, since that takes them all; only the chief writes).
+    """
+    out = Path(output_dir) if is_chief() else Path(tempfile.mkdtemp(prefix="worker-outputs-"))
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = write_report(result.model, data, result, out, variant, extra=extra)
+    result.model.save(out / "model.keras")
+    if export:
+        metrics["exports"] = export_all(result.model, out, export, data.class_names)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return {**metrics, "output_dir": str(out)}

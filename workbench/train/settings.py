@@ -1,0 +1,98 @@
+"""`finetune`'s settings in three groups, each checked once where the keyword API enters.
+
+`Optimization`: how the weights move (optimizer, peak rate and warmup, per-stage multipliers, the loss's
+label smoothing and class weights). `Runtime`: where and how the run executes (seed and determinism,
+precision, tf.distribute strategy, XLA, feature caching, verbosity). `Outputs`: what the run keeps
+(checkpoint folder and resuming, which epoch's weights come back, extra callbacks). The training policy
+(`workbench.train.policy.TrainingPolicy`) is the fourth.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.utils import checks
+from workbench.train.precision import resolve_precision
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """Optimizer (name or instance), peak lr and warmup fraction, stage multipliers, loss settings."""
+
+    lr: float = 1e-3
+    optimizer: object = "adamw"
+    weight_decay: float = 0.05
+    multipliers: dict | None = None
+    label_smoothing: float = 0.1
+    class_weight: object = None   # None, "balanced" or {class index: weight}
+    warmup: float = 0.05
+
+    @classmethod
+    def checked(cls, *, lr, optimizer, weight_decay, multipliers, label_smoothing, class_weight,
+                warmup) -> Optimization:
+        """The group from `finetune`'s keywords, each checked (a ValueError says which and what is expected)."""
+        if class_weight not in (None, "balanced") and not isinstance(class_weight, dict):
+            raise ValueError(f"class_weight must be None, 'balanced' or {{class index: weight}}, got {class_weight!r}.")
+        return cls(lr=checks.positive_number("lr", lr, " (a learning rate, e.g. 1e-3)"), optimizer=optimizer,
+                   weight_decay=weight_decay, multipliers=multipliers,
+                   label_smoothing=checks.fraction("label_smoothing", label_smoothing),
+                   class_weight=class_weight,
+                   warmup=checks.fraction("warmup", warmup, " (a fraction of all steps)"))
+
+    def class_weights(self, data) -> dict | None:
+        """{class index: weight} for `fit` ("balanced": the data's inverse frequencies), or None."""
+        return dict(data.class_weights) if self.class_weight == "balanced" else self.class_weight
+
+    @property
+    def optimizer_name(self) -> str:
+        return str(self.optimizer) if isinstance(self.optimizer, str) else type(self.optimizer).__name__
+
+
+def verbosity(verbose) -> int:
+    """0 silent, 1 a progress bar, 2 a line per epoch; "auto": WORKBENCH_PROGRESS, else bar on a terminal."""
+    if verbose != "auto":
+        return int(verbose)
+    env = os.environ.get("WORKBENCH_PROGRESS", "")
+    if env in ("bar", "lines"):
+        return 1 if env == "bar" else 2
+    return 1 if sys.stdout.isatty() else 2
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Seed and determinism, resolved precision, strategy (None, a name or a Strategy), XLA, caching, verbosity."""
+
+    seed: int = 0
+    deterministic: bool = True
+    precision: str = "float32"
+    strategy: object = None
+    jit_compile: object = "auto"
+    cache_features: bool = True
+    verbosity: int = 2
+
+    @classmethod
+    def checked(cls, *, seed, deterministic, precision, strategy, jit_compile, cache_features,
+                verbose) -> Runtime:
+        """The group from `finetune`'s keywords: seed checked, precision resolved, verbosity made a level."""
+        return cls(seed=checks.integer("seed", seed), deterministic=deterministic,
+                   precision=resolve_precision(precision), strategy=strategy, jit_compile=jit_compile,
+                   cache_features=cache_features, verbosity=verbosity(verbose))
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Checkpoint folder (None: none) and resuming, best or last weights by `monitor`, extra callbacks."""
+
+    output_dir: Path | None = None
+    resume: bool = True
+    restore_best: bool = True
+    monitor: str = "val_accuracy"
+    callbacks: tuple = ()
+
+    @classmethod
+    def checked(cls, *, output_dir, resume, restore_best, monitor, callbacks) -> Outputs:
+        """The group from `finetune`'s keywords."""
+        return cls(Path(output_dir) if output_dir is not None else None, resume, restore_best, monitor,
+                   tuple(callbacks or ()))
