@@ -55,12 +55,14 @@ def test_keras_applications_h5_gives_identical_logits(variant, cls_name, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def torch_reference(tmp_path_factory):
-    """timm logits and state dicts for every TIMM_REFERENCE arch, from one PyTorch process."""
+def torch_reference(tmp_path_factory, request):
+    """timm logits and state dicts for the TIMM_REFERENCE archs this run selected, from one PyTorch process."""
+    archs = sorted({item.callspec.params["arch"] for item in request.session.items
+                    if item.module is request.module and "arch" in getattr(getattr(item, "callspec", None),
+                                                                           "params", {})})
     out = tmp_path_factory.mktemp("torch")
-    script = pathlib.Path(__file__).with_name("torch_reference.py")
-    subprocess.run([sys.executable, str(script), str(out)] + [a for _, a in TIMM_REFERENCE],
-                   check=True)
+    script = pathlib.Path(__file__).parents[1] / "torch_reference.py"
+    subprocess.run([sys.executable, str(script), str(out)] + archs, check=True)
     return out
 
 

@@ -206,7 +206,7 @@ TV = [("regnetx_400mf_tv", "regnetx_004_tv"), ("regnety_800mf_tv", "regnety_008_
 @pytest.fixture(scope="module")
 def tv_reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("torch_tv")
-    script = pathlib.Path(__file__).with_name("torch_reference.py")
+    script = pathlib.Path(__file__).parents[1] / "torch_reference.py"
     subprocess.run([sys.executable, str(script), str(out)] + [a for _, a in TV], check=True)
     return out
 
@@ -229,7 +229,7 @@ def test_torchvision_shaped_variants_match_timm_on_hub_weights(variant, arch, tv
 @needs_timm
 def test_every_variant_has_timms_parameter_count():
     """The big SEER sizes too, counted without building them (timm on the meta device, ours computed)."""
-    script = pathlib.Path(__file__).with_name("torch_reference.py")
+    script = pathlib.Path(__file__).parents[1] / "torch_reference.py"
     names = {pretrained.timm_name(v): v for v in VARIANTS}
     out = subprocess.run([sys.executable, str(script), "--params", *names], check=True,
                          capture_output=True, text=True).stdout

@@ -45,7 +45,7 @@ def timm_z(tmp_path_factory):
     """timm's logits for every RegNetZ on random weights (perturbed BN), at the native and a wide size;
     and a RegNetY-200MF state dict."""
     out = tmp_path_factory.mktemp("torch_z")
-    script = pathlib.Path(__file__).with_name("torch_reference.py")
+    script = pathlib.Path(__file__).parents[1] / "torch_reference.py"
     specs = [f"{name}@{native(name)}x{native(name)},{WIDE[0]}x{WIDE[1]}" for name in Z] + ["regnety_002"]
     subprocess.run([sys.executable, str(script), str(out)] + specs, check=True)
     return out

@@ -18,7 +18,7 @@ from workbench.data.folders import load_folder
 from workbench.train.precision import PRECISIONS, resolve_precision
 from workbench.data.sample import sample_dataset
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]  # conftest, hub_mirror, multiworker_job
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
 
 

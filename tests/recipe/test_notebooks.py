@@ -10,7 +10,7 @@ from conftest import slow
 
 papermill = pytest.importorskip("papermill")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 RECIPES = sorted((ROOT / "recipes").glob("*.ipynb"))
 

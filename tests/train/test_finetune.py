@@ -20,7 +20,7 @@ from workbench.train.schedule import default_schedule
 
 SETUP = f"""
 import sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path.insert(0, {str(Path(__file__).parents[1])!r})
 import keras, workbench as wb
 from conftest import tiny_regnet
 from workbench.train.finetune import finetune

@@ -18,7 +18,7 @@ from workbench.train.unfreeze import unfreeze_policy
 from workbench.recipe.weights import prepare_weights
 from workbench.models import convert as wio
 
-RECIPES = pathlib.Path(__file__).parent.parent / "recipes"
+RECIPES = pathlib.Path(__file__).parents[2] / "recipes"
 TINY = dict(variant="200mf", weights="none", image_size=32, batch_size=16, epochs=2,
             max_train_images=48)
 
