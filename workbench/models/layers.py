@@ -267,21 +267,29 @@ class BatchNorm(keras.layers.BatchNormalization):
     variance, as Keras); the fused op and its gradient make one pass over the
     data where Keras' generic path makes several (about a fifth of a
     RegNetY-200MF training step on CPU). Other ranks, masks and renorm use Keras' path.
+
+    In bf16 / fp16 (mixed precision) the fused op runs in float32 on the input cast up, and its output
+    is cast back: oneDNN's half-precision fused kernels cost ~3x float32's. In inference they are a
+    scale and shift in the compute dtype (made in float32 from the statistics), since Grappler folds no
+    BatchNorm into a half-precision convolution (docs/speed.md, "Precision").
     """
 
     def call(self, inputs, training=None, mask=None):
         if len(inputs.shape) != 4 or mask is not None or self.renorm or self.axis not in (-1, 3) \
-                or not (self.scale and self.center):
-            return super().call(inputs, training=training, mask=mask)
-        x = tf.cast(inputs, self.compute_dtype)
-        if x.dtype == tf.float64:
+                or not (self.scale and self.center) or self.compute_dtype == "float64":
             return super().call(inputs, training=training, mask=mask)
         # The variables themselves (not Keras' wrappers): a handful of graph ops per layer, not ~35.
         gamma, beta = self.gamma.value, self.beta.value
         moving_mean, moving_variance = self.moving_mean.value, self.moving_variance.value
         if not (bool(training) and self.trainable):
-            return tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, mean=moving_mean, variance=moving_variance,
-                                                    epsilon=self.epsilon, is_training=False)[0]
+            x = tf.cast(inputs, self.compute_dtype)
+            if x.dtype == tf.float32:
+                return tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, mean=moving_mean, variance=moving_variance,
+                                                        epsilon=self.epsilon, is_training=False)[0]
+            scale = gamma * tf.math.rsqrt(moving_variance + self.epsilon)
+            shift = beta - moving_mean * scale
+            return tf.nn.bias_add(x * tf.cast(scale, x.dtype), tf.cast(shift, x.dtype))
+        x = tf.cast(inputs, tf.float32)
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
                                                              is_training=True)
         # The op returns the unbiased batch variance; Keras' moving average uses the biased one.
@@ -291,4 +299,4 @@ class BatchNorm(keras.layers.BatchNormalization):
         rate = 1.0 - self.momentum
         moving_mean.assign_sub((moving_mean - mean) * rate, read_value=False)
         moving_variance.assign_sub((moving_variance - variance * biased) * rate, read_value=False)
-        return y
+        return tf.cast(y, self.compute_dtype)
