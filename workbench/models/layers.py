@@ -268,11 +268,18 @@ class BatchNorm(keras.layers.BatchNormalization):
     data where Keras' generic path makes several (about a fifth of a
     RegNetY-200MF training step on CPU). Other ranks, masks and renorm use Keras' path.
 
-    In bf16 / fp16 (mixed precision) the fused op runs in float32 on the input cast up, and its output
-    is cast back: oneDNN's half-precision fused kernels cost ~3x float32's. In inference they are a
-    scale and shift in the compute dtype (made in float32 from the statistics), since Grappler folds no
-    BatchNorm into a half-precision convolution (docs/speed.md, "Precision").
+    On a CPU, where oneDNN's bf16 fused kernels are fast only for a multiple of 16 channels (2x
+    float32's speed; 3-7x slower than float32 otherwise) and fp16 has no oneDNN kernel, other half
+    precision inputs are normalized in float32 when training (input cast up, output cast back to the
+    compute dtype) and by a scale and shift in the compute dtype, made in float32 from the moving
+    statistics, in inference (docs/speed.md, "Precision").
     """
+
+    def _slow_half_kernel(self, channels) -> bool:
+        """True where the fused op in the (bf16 / fp16) compute dtype is slow: a CPU, fp16, or bf16 off 16s."""
+        if self.compute_dtype == "float32" or accelerator_present():
+            return False
+        return self.compute_dtype != "bfloat16" or channels % 16 != 0
 
     def call(self, inputs, training=None, mask=None):
         if len(inputs.shape) != 4 or mask is not None or self.renorm or self.axis not in (-1, 3) \
@@ -281,15 +288,16 @@ class BatchNorm(keras.layers.BatchNormalization):
         # The variables themselves (not Keras' wrappers): a handful of graph ops per layer, not ~35.
         gamma, beta = self.gamma.value, self.beta.value
         moving_mean, moving_variance = self.moving_mean.value, self.moving_variance.value
+        slow = self._slow_half_kernel(inputs.shape[-1])
         if not (bool(training) and self.trainable):
             x = tf.cast(inputs, self.compute_dtype)
-            if x.dtype == tf.float32:
+            if not slow:
                 return tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, mean=moving_mean, variance=moving_variance,
                                                         epsilon=self.epsilon, is_training=False)[0]
             scale = gamma * tf.math.rsqrt(moving_variance + self.epsilon)
             shift = beta - moving_mean * scale
             return tf.nn.bias_add(x * tf.cast(scale, x.dtype), tf.cast(shift, x.dtype))
-        x = tf.cast(inputs, tf.float32)
+        x = tf.cast(inputs, tf.float32 if slow else self.compute_dtype)
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
                                                              is_training=True)
         # The op returns the unbiased batch variance; Keras' moving average uses the biased one.
