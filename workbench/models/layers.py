@@ -269,7 +269,7 @@ class BatchNorm(keras.layers.BatchNormalization):
     RegNetY-200MF training step on CPU). Other ranks, masks and renorm use Keras' path.
 
     On a CPU, where oneDNN's bf16 fused kernels are fast only for a multiple of 16 channels (2x
-    float32's speed; 3-7x slower than float32 otherwise) and fp16 has no oneDNN kernel, other half
+    float32's speed; 2-9x slower than float32 otherwise) and fp16 has no oneDNN kernel, other half
     precision inputs are normalized in float32 when training (input cast up, output cast back to the
     compute dtype) and by a scale and shift in the compute dtype, made in float32 from the moving
     statistics, in inference (docs/speed.md, "Precision").
