@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from workbench.models.layers import GroupConv2D, grouped_conv2d, portable_graphs
-from workbench.utils.runtime import cpu_grouped_conv_gradients
+from workbench.utils.runtime import accelerator_present, cpu_grouped_conv_gradients
 
 ATOL = 1e-4
 
@@ -180,3 +180,61 @@ def test_batchnorm_matches_keras(training):
     frozen.trainable = False
     frozen(x, training=True)
     np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(8))   # inference mode
+
+
+def _batchnorm_run(layer, x, values, training):
+    """(output, gradients of x / gamma / beta, moving mean, moving variance) of a fresh `layer` set to `values`."""
+    layer.build(x.shape)
+    layer.set_weights(values)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        loss = tf.reduce_sum(tf.cast(y, "float32") * tf.sin(x))
+    return [y, *tape.gradient(loss, [x, layer.gamma.value, layer.beta.value]),
+            layer.moving_mean, layer.moving_variance]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("policy, channels, tolerance", [
+    ("mixed_bfloat16", 8, 2e-2), ("mixed_bfloat16", 16, 2e-2), ("mixed_float16", 8, 2e-3)])
+def test_half_precision_batchnorm_matches_float32(policy, channels, tolerance, training):
+    """bf16 / fp16 BatchNorm against float32: on a CPU 8 channels take the float32 detour, 16 in bf16 the bf16 op."""
+    from workbench.models.layers import BatchNorm
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 6, 6, channels)).astype("float32"))
+    values = [rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.2, channels), rng.normal(0, 0.2, channels),
+              rng.uniform(0.5, 2, channels)]
+    reference = _batchnorm_run(BatchNorm(momentum=0.9, epsilon=1e-5), x, values, training)
+    half = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=policy)
+    results = _batchnorm_run(half, x, values, training)
+    assert results[0].dtype == half.compute_dtype
+    detour = not accelerator_present() and (policy == "mixed_float16" or channels == 8)
+    assert half._slow_half_kernel(channels) == detour
+    assert half.moving_mean.dtype == half.moving_variance.dtype == half.gamma.dtype == "float32"
+    for a, b in zip(results, reference):
+        a, b = np.asarray(tf.cast(a, "float32")), np.asarray(b)
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * np.abs(b).max())
+    if training:
+        assert not np.allclose(np.asarray(results[3]), values[2])   # the moving mean moved
+
+
+def test_a_short_fine_tune_in_mixed_bfloat16_has_finite_losses():
+    from conftest import tiny_regnet
+
+    from workbench.models.layers import BatchNorm
+    from workbench.train.precision import set_precision
+
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 255, (32, 32, 32, 3)).astype("float32"), rng.integers(0, 3, 32)
+    model = tiny_regnet()
+    set_precision(model, "mixed_bfloat16")
+    bn = next(layer for layer in model.layers if isinstance(layer, BatchNorm))
+    before = bn.moving_mean.numpy().copy()
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert bn.compute_dtype == "bfloat16" and bn.moving_mean.dtype == "float32"
+    assert not np.allclose(bn.moving_mean.numpy(), before)
+    probabilities = model.predict(x, verbose=0)
+    assert probabilities.dtype == "float32" and np.isfinite(probabilities).all()
