@@ -2,13 +2,13 @@
 
 `resolve_precision("auto")` picks `mixed_bfloat16` on a TPU, `mixed_float16`
 on a GPU with tensor cores (compute capability 7.0 or newer), and `float32`
-on every CPU. A CPU with native bf16 (AVX512-BF16 or AMX) runs RegNet's
-convolutions 1.35-2x faster in bf16, but oneDNN's bf16 BatchNorm costs ~3x
-its float32 time and Grappler stops fusing conv + BatchNorm + ReLU in bf16
-inference: measured end to end on such a CPU (RegNetY-200MF, batch 32,
-224 px), `mixed_bfloat16` trains at 0.77x and infers at 0.80x float32's
-speed (docs/speed.md). So "auto" keeps float32 on CPUs until bf16 is faster
-end to end; `cpu_has_native_bf16()` says whether asking for it can pay.
+on every CPU. Before BatchNorm took its half-precision path
+(`workbench.models.layers.BatchNorm`), `mixed_bfloat16` trained at 0.77x and
+inferred at 0.80x float32's speed on a native-bf16 CPU (RegNetY-200MF, batch
+32, 224 px); with it, 1.37x / 1.14x (200MF) and 1.76x / 1.57x (600MF) on a
+shared machine (docs/speed.md, "Precision"). Whether bf16 pays depends on the
+model's widths and the CPU, so "auto" stays float32 on CPUs until it measures
+the model it runs; ask for `mixed_bfloat16` where `cpu_has_native_bf16()`.
 
 `training_precision(model, precision)` sets every layer's dtype policy for the
 duration of training and puts float32 back afterwards, so the returned model,
