@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import slow
 import keras
 import tensorflow as tf
 
@@ -219,6 +220,7 @@ def test_half_precision_batchnorm_matches_float32(policy, channels, tolerance, t
         assert not np.allclose(np.asarray(results[3]), values[2])   # the moving mean moved
 
 
+@slow
 def test_a_short_fine_tune_in_mixed_bfloat16_has_finite_losses():
     from conftest import tiny_regnet
 

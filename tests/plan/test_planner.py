@@ -121,7 +121,7 @@ def test_guard_keeps_more_for_the_report_when_epochs_run_slower_than_planned(dat
     assert stop_after(planned)[0] == min(p.epochs, 1 + int((60 - planned - 5) // planned))
 
 
-@pytest.mark.parametrize("unfreeze,budget_spent", [("auto", False), ("0:head", True)])
+@pytest.mark.parametrize("unfreeze,budget_spent", [pytest.param("auto", False, marks=slow), ("0:head", True)])
 def test_guard_cuts_the_epochs_that_would_overrun(data, unfreeze, budget_spent):
     """Epochs slowed to at least 1 s each (a callback sleeps), with 2 s fewer left of the budget than the
     plan has epochs: the guard stops after the epochs the real pace affords, and says so; head-only epochs

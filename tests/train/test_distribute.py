@@ -130,7 +130,7 @@ def data():
                        augment=False, verbose=False)
 
 
-@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", pytest.param("mixed_float16", marks=slow)])
 def test_mixed_precision_trains_and_returns_a_float32_model(data, precision):
     r = wb.finetune(tiny_regnet(), data, epochs=2, unfreeze="0:head,1:all", precision=precision, verbose=0)
     assert r.precision == precision and np.isfinite(r.history["loss"]).all()

@@ -118,7 +118,7 @@ def test_builds_for_frozen_layers_and_saves_with_state(model, grads, tmp_path):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: keras.optimizers.Adam(1e-2),
+    pytest.param(lambda: keras.optimizers.Adam(1e-2), marks=slow),
     lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.3),
     pytest.param(lambda: keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True, weight_decay=0.1), marks=slow),
     pytest.param(lambda: keras.optimizers.SGD(1e-2), marks=slow),

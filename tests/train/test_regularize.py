@@ -25,6 +25,7 @@ def images(n=4, size=32, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
 
 
+@slow
 def test_drop_path_per_block_off_in_inference_saved_and_loaded(tmp_path):
     model = tiny_regnet(drop_path_rate=0.2)
     rates = [layer.rate for layer in model.layers if isinstance(layer, DropPath)]
@@ -67,11 +68,13 @@ def test_ema_evaluates_and_returns_the_averaged_weights(data):
     assert again.history == averaged.history and averaged.policy["ema"] is True
 
 
+@slow
 def test_ema_with_a_frozen_backbone_and_cached_head_epochs(data):
     r = finetune(tiny_regnet(), data, epochs=3, unfreeze="0:head,2:stage4", ema=True, verbose=0)
     assert r.epochs_run == 3 and r.feature_cache_speedup and all(np.isfinite(r.history["val_loss"]))
 
 
+@slow
 def test_tta_reported_beside_the_plain_figure(data, tmp_path):
     r = finetune(tiny_regnet(), data, epochs=2, unfreeze="0:all", tta=True, output_dir=tmp_path, verbose=0)
     ev = r.evaluation
@@ -106,6 +109,7 @@ def test_bn_refresh_is_the_mean_and_variance_of_the_training_images(data):
     np.testing.assert_array_equal(frozen.moving_mean.numpy(), before)     # frozen layers keep theirs
 
 
+@slow
 def test_bn_refresh_in_finetune_changes_validation_only(data):
     runs = {flag: finetune(tiny_regnet(), data, epochs=2, unfreeze="0:all", bn_refresh=flag, verbose=0)
             for flag in (False, True)}
