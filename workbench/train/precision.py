@@ -5,8 +5,8 @@ on a GPU with tensor cores (compute capability 7.0 or newer), and `float32`
 on every CPU. Before BatchNorm took its half-precision path
 (`workbench.models.layers.BatchNorm`), `mixed_bfloat16` trained at 0.77x and
 inferred at 0.80x float32's speed on a native-bf16 CPU (RegNetY-200MF, batch
-32, 224 px); with it, 1.37x / 1.14x (200MF) and 1.76x / 1.57x (600MF) on a
-shared machine (docs/speed.md, "Precision"). Whether bf16 pays depends on the
+32, 224 px); with it, 1.08x / 1.12x (200MF) and 1.55x / 1.36x (600MF), measured
+side by side (docs/speed.md, "Precision"). Whether bf16 pays depends on the
 model's widths and the CPU, so "auto" stays float32 on CPUs until it measures
 the model it runs; ask for `mixed_bfloat16` where `cpu_has_native_bf16()`.
 
