@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from workbench.models import published as pretrained
+from workbench.models import published
 from workbench.models.contract import CLASSIFIER, stage_of
 from workbench.models.published import WeightsUnavailableError
 
@@ -178,15 +178,15 @@ def fetch_weights(weights, config, include_top=True):
     path = os.fspath(weights)
     if os.path.isfile(path):
         return path
-    if not pretrained.is_name(path):
+    if not published.is_name(path):
         raise FileNotFoundError(
             f"weights file {path!r} does not exist. Pass weights=None, a tag ('imagenet', 'pycls', "
             f"'keras', wb.list_weights() lists them), a Hub id, or the path of a keras.applications "
             f".h5, a timm/pycls .safetensors/.pth/.pyth, or a Keras 3 .weights.h5 file.")
-    info = pretrained.resolve(config, path)
+    info = published.resolve(config, path)
     if info.tag == "keras":
         return download_imagenet(config, include_top)
-    path = pretrained.fetch(info)
+    path = published.fetch(info)
     check_safetensors(path, f"{info.file} of {info.hub_id} (cached as {os.path.realpath(path)})",
                       "delete that file and load again, or pass a good copy as weights='/path/to/file'")
     return path

@@ -258,11 +258,11 @@ def regnet(variant="regnety_200mf", num_classes=1000, weights=None, input_shape=
     drop_path_rate: stochastic depth per block, rising linearly to this rate in
     the last block (timm's rule); off in inference and in every export.
     """
-    from workbench.models import convert as weights_io
+    from workbench.models import convert
 
     config = get_config(variant)
     _check_input_shape(input_shape)
-    source = weights_io.open_weights(weights, config, include_top, num_classes)
+    source = convert.open_weights(weights, config, include_top, num_classes)
     convention = config.convention if isinstance(config, RegNetZConfig) else (
         source.convention if source else "keras")
     model = build(config, num_classes, input_shape, include_top, pooling, classifier_activation,

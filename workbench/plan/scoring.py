@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from workbench.models import published as pretrained
+from workbench.models import published
 from workbench.models.design import get_config
 from workbench.plan import costs
 from workbench.plan.machine import Machine
@@ -45,10 +45,10 @@ def prior(variant, weights) -> tuple[float, int, str | None, str]:
     """(top-1 prior, reference size, resolved tag, why) of a variant's weights."""
     if weights is None:
         return 0.0, 0, None, "random initialization"
-    info = pretrained.resolve(get_config(variant), weights)
+    info = published.resolve(get_config(variant), weights)
     top1 = info.top1
     if top1 is None:  # keras.applications' copies of the paper's weights: the paper's top-1
-        same = [w for w in pretrained.table() if w.variant == info.variant and w.tag.startswith("pycls")]
+        same = [w for w in published.table() if w.variant == info.variant and w.tag.startswith("pycls")]
         top1 = same[0].top1 if same and same[0].top1 else None
     if top1 is None:
         raise ValueError(f"no published top-1 for {variant} weights {weights!r}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from workbench.data import augment as augmentation
 from workbench.deploy.export import parse_formats
-from workbench.models import published as pretrained
+from workbench.models import published
 from workbench.models.design import get_config, resolve_variant
 from workbench.models.published import WeightInfo
 from workbench.models.tfhub import is_hub_variant
@@ -40,10 +40,10 @@ class Weights:
         spec = None if value in (None, "", "none", "None") else str(value)
         if spec is None or is_hub_variant(variant) or Path(spec).is_file():
             return cls(spec)
-        if not pretrained.is_name(spec):
+        if not published.is_name(spec):
             raise ValueError(f"weights={spec!r}: no such file; use a tag ('imagenet', 'pycls', 'keras', "
                              f"...), a Hub id, 'none' or the path of a weights file.")
-        return cls(spec, pretrained.resolve(get_config(variant), spec))
+        return cls(spec, published.resolve(get_config(variant), spec))
 
     def __str__(self):
         return str(self.spec)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.models import published as pretrained
+from workbench.models import published
 from workbench.models.convert import fetch_weights
 from workbench.models.design import complexity, get_config
 from workbench.models.published import WeightsUnavailableError
@@ -63,7 +63,7 @@ def prepare_weights(variant, weights, image_size, default_size):
     weights = Weights.of(variant, weights)
     path = fetch_or_fallback(variant, weights)
     if path and weights.info is not None:
-        print(f"Weights of {variant} ('*': what weights='imagenet' means):\n{pretrained.list_weights(variant)}")
+        print(f"Weights of {variant} ('*': what weights='imagenet' means):\n{published.list_weights(variant)}")
     if image_size != "auto":
         return path, image_size
     size, why = native_image_size(variant, weights if path else Weights(), default_size)
