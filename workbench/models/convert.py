@@ -183,7 +183,11 @@ def fetch_weights(weights, config, include_top=True):
             f"weights file {path!r} does not exist. Pass weights=None, a tag ('imagenet', 'pycls', "
             f"'keras', wb.list_weights() lists them), a Hub id, or the path of a keras.applications "
             f".h5, a timm/pycls .safetensors/.pth/.pyth, or a Keras 3 .weights.h5 file.")
-    info = published.resolve(config, path)
+    return fetch_published(published.resolve(config, path), config, include_top)
+
+
+def fetch_published(info, config, include_top=True):
+    """Local path of the published weights `info` (a row of `published.resolve`), downloaded once."""
     if info.tag == "keras":
         return download_imagenet(config, include_top)
     path = published.fetch(info)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.models import published
-from workbench.models.convert import fetch_weights
+from workbench.models.convert import fetch_published, fetch_weights
 from workbench.models.design import complexity, get_config
 from workbench.models.published import WeightsUnavailableError
 from workbench.models.regnet import regnet
@@ -23,6 +23,8 @@ def fetch_or_fallback(variant, weights) -> str | None:
     if weights.spec is None or is_hub_variant(variant):
         return None
     try:
+        if weights.info is not None:  # a tag or Hub id, resolved once by Weights.of
+            return fetch_published(weights.info, get_config(variant), include_top=False)
         return fetch_weights(weights.spec, get_config(variant), include_top=False)
     except WeightsUnavailableError as e:
         print(f"Pretrained weights are NOT available: {e}\n"
