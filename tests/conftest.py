@@ -67,6 +67,15 @@ def synthetic_machine(speedup=1.0):
     return fit(points, "float32", "synthetic", 0.0)
 
 
+@pytest.fixture(autouse=True)
+def same_precision_on_every_cpu(monkeypatch):
+    """In-process runs see a CPU without native bf16, so precision="auto" is float32 on every machine and
+    no test pays for timing it; tests/train/test_precision.py tests the timed choice itself."""
+    import workbench.train.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture
 def tiny_model():
     return tiny_regnet()

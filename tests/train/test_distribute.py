@@ -144,7 +144,7 @@ def test_precision_auto_and_bad_names():
     auto = resolve_precision("auto")
     assert auto in PRECISIONS
     if not tf.config.list_physical_devices("GPU") and not tf.config.list_logical_devices("TPU"):
-        assert auto == "float32"  # on a CPU bf16 is slower end to end, native or emulated: never picked
+        assert auto == "float32"  # on a CPU finetune times the model to decide (tests/train/test_precision.py)
     with pytest.raises(ValueError, match="precision must be one of 'auto', 'float32'"):
         resolve_precision("fp8")
     with pytest.raises(ValueError, match="strategy must be one of"):

@@ -6,8 +6,11 @@
 Every contender runs in its own process (TensorFlow and PyTorch do not share
 one well), on the same random batch, after warm-up; figures are medians over
 the timed steps. Training is one SGD-with-momentum step on cross-entropy;
-inference is a forward pass in inference mode. The workbench runs in float32
-and in mixed bfloat16, timm in float32 and under `torch.autocast("cpu",
+inference is a forward pass in inference mode. The workbench runs in float32,
+in mixed bfloat16 (inferring with BatchNorm folded into the convolutions, as
+`wb.predict(..., precision="mixed_bfloat16")` does), and as
+`finetune(precision="auto")` trains (its choice and
+the timing behind it printed; a run infers in float32 either way), timm in float32 and under `torch.autocast("cpu",
 torch.bfloat16)`, each once as installed and once "_tuned": with glibc's malloc
 told to keep freed memory (`workbench.bench.KEEP_FREED_MEMORY`), without which
 a PyTorch training step here takes page faults for about 1 GiB of activations.
@@ -24,8 +27,8 @@ import os
 
 from workbench.bench import TUNED, parse_contenders, random_batch, run_contender, split_tuned
 
-CONTENDERS = ("workbench", "workbench_bf16", "timm", "timm_bf16", "kimm", "tf_keras")
-DEFAULT = ("workbench", "workbench_bf16", "timm", "timm" + TUNED, "timm_bf16", "timm_bf16" + TUNED, "kimm", "tf_keras")
+CONTENDERS = ("workbench", "workbench_bf16", "workbench_auto", "timm", "timm_bf16", "kimm", "tf_keras")
+DEFAULT = ("workbench", "workbench_bf16", "workbench_auto", "timm", "timm" + TUNED, "timm_bf16", "timm_bf16" + TUNED, "kimm", "tf_keras")
 
 
 def _keras(contender, variant, batch, size, steps):
@@ -38,25 +41,35 @@ def _keras(contender, variant, batch, size, steps):
     shape = (size, size, 3)
     if contender.startswith("workbench"):
         import workbench as wb
-        from workbench.train.precision import set_precision
+        from workbench.models.fold import fold_batchnorm
+        from workbench.train.precision import choose_precision, set_precision
         from workbench.utils.runtime import training_graph_optimization
 
         model = wb.regnet(variant, input_shape=shape)
-        if contender == "workbench_bf16":
-            set_precision(model, "mixed_bfloat16")
+        policy, note = "mixed_bfloat16" if contender == "workbench_bf16" else "float32", None
+        if contender == "workbench_auto":
+            choice = choose_precision(model, "auto", batch)
+            policy, note = choice.precision, f"auto chose {choice.precision}: {choice.reason}"
+        set_precision(model, policy)
         with training_graph_optimization():  # as finetune trains
             train, _ = throughput(model, x, y, steps, 1, keras.optimizers.SGD(0.01, momentum=0.9))
+        if contender == "workbench_auto":
+            set_precision(model, "float32")  # auto is the training precision: a trained model infers in float32
+        if contender == "workbench_bf16":  # bf16 inference folds BatchNorm first (workbench.models.fold)
+            model = fold_batchnorm(model)
+            set_precision(model, "mixed_bfloat16")
         _, infer = throughput(model, x, y, 1, 2 * steps, keras.optimizers.SGD(0.01, momentum=0.9))
-        return train, infer
+        return train, infer, note
     if contender == "kimm":
         import kimm
 
         model = getattr(kimm.models, keras_applications_name(variant))(weights=None, input_shape=shape)
-        return throughput(model, x, y, steps, 2 * steps, keras.optimizers.SGD(0.01, momentum=0.9))
+        return (*throughput(model, x, y, steps, 2 * steps, keras.optimizers.SGD(0.01, momentum=0.9)), None)
     import tf_keras
 
     model = getattr(tf_keras.applications, keras_applications_name(variant))(weights=None, input_shape=shape)
-    return throughput(model, x, y, max(1, steps // 4), 2 * steps, tf_keras.optimizers.SGD(0.01, momentum=0.9))
+    return (*throughput(model, x, y, max(1, steps // 4), 2 * steps, tf_keras.optimizers.SGD(0.01, momentum=0.9)),
+            None)
 
 
 def _timm(contender, variant, batch, size, steps):
@@ -92,11 +105,11 @@ def _timm(contender, variant, batch, size, steps):
     train = median_seconds(train_step, 1, steps)
     model.eval()
     infer = median_seconds(infer_step, 1, 2 * steps)
-    return batch / train, batch / infer
+    return batch / train, batch / infer, None
 
 
 def run_one(contender, variant, batch, size, steps):
-    """(train img/s, inference img/s) of one contender, in this process."""
+    """(train img/s, inference img/s, a note or None) of one contender, in this process."""
     runner = _timm if contender.startswith("timm") else _keras
     return runner(contender, variant, batch, size, steps)
 
@@ -116,8 +129,8 @@ def main(argv=None):
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        train, infer = run_one(args.one, args.variants, args.batch, args.size, args.steps)
-        print(json.dumps({"train": train, "infer": infer}))
+        train, infer, note = run_one(args.one, args.variants, args.batch, args.size, args.steps)
+        print(json.dumps({"train": train, "infer": infer, "note": note}))
         return
     contenders = parse_contenders(parser, args.contenders, CONTENDERS)
     from workbench.models.design import resolve_variant
@@ -137,6 +150,8 @@ def main(argv=None):
                 continue
             ratio = f"   {r['train'] / best['train']:14.2f}x {r['infer'] / best['infer']:5.2f}x" if best else ""
             print(f"  {contender:16s} {r['train']:8.1f} {r['infer']:8.1f}{ratio}")
+            if r.get("note"):
+                print(f"  {'':16s} ({r['note']})")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,14 @@ class Run:
     """One recipe run from its checked parameters; each method is a notebook cell's step and says what it did.
 
     Made in the parameter-checking cell: the tf.distribute strategy comes first (a cluster needs it before
-    any TensorFlow work), then the precision "auto" is resolved for this machine.
+    any TensorFlow work). The planner costs the machine in the precision "auto" resolves to before any model
+    exists; `finetune` decides "auto" for the model it trains (`workbench.train.precision`).
     """
 
     def __init__(self, p: RecipeParams, default_size: int):
         self.p, self.default_size = p, default_size
         self.strategy = make_strategy(p.strategy)
-        self.precision = resolve_precision(p.precision)
+        self.plan_precision = resolve_precision(p.precision)
         self.image_size = default_size if p.image_size == "auto" else p.image_size
         self.weights_file = self.plan = self.noisy = None
         self.pretrained = False
@@ -46,12 +47,12 @@ class Run:
             return data
         from workbench.plan.planner import plan as make_plan
         minutes, tag = self.p.budget_minutes, self.p.weights.spec
-        chosen = make_plan(data, minutes, weights=tag, precision=self.precision)
+        chosen = make_plan(data, minutes, weights=tag, precision=self.plan_precision)
         if chosen.weights is not None:
             self.weights_file = fetch_or_fallback(chosen.variant, chosen.weights)
             if self.weights_file is None:
                 print("Planning again for random initialization, within the same budget:")
-                chosen = make_plan(data, minutes, weights=None, precision=self.precision, started=chosen.started)
+                chosen = make_plan(data, minutes, weights=None, precision=self.plan_precision, started=chosen.started)
         self.p = replace(self.p, variant=chosen.variant, epochs=chosen.epochs,
                          unfreeze=parse_unfreeze(chosen.unfreeze))
         self.plan, self.image_size = chosen, chosen.image_size
@@ -76,7 +77,7 @@ class Run:
     def train(self, model, data, policy):
         """`wb.finetune` under `policy`, or with unlabeled_dir noisy-student training (the model is the
         teacher). Returns the fine-tuning result of the model kept."""
-        kwargs = dict(lr=self.p.lr, seed=self.p.seed, precision=self.precision, strategy=self.strategy,
+        kwargs = dict(lr=self.p.lr, seed=self.p.seed, precision=self.p.precision, strategy=self.strategy,
                       callbacks=[self.plan.guard()] if self.plan else None, policy=policy)
         if self.p.unlabeled_dir:
             self.noisy = self._noisy_student(model, data, **kwargs)

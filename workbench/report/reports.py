@@ -336,7 +336,7 @@ def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
     for key in ("feature_cache_speedup", "precision", "strategy"):  # what the run used, when known
         if getattr(result, key, None) is not None:
             metrics[key] = getattr(result, key)
-    for key in ("policy", "evaluation", "progressive"):  # what finetune's training policy did
+    for key in ("policy", "evaluation", "progressive", "precision_choice"):  # what finetune's policy did
         value = getattr(result, key, None)
         if value:
             metrics["training_policy" if key == "policy" else key] = value

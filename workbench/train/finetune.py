@@ -17,7 +17,7 @@ epochs (in progressive-resizing phases), result (with test-time augmentation).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -36,7 +36,7 @@ from workbench.train.distribute import describe, fitting, is_chief, make_strateg
 from workbench.train.feature_cache import cache_features
 from workbench.models.layers import set_grouped_conv_implementation
 from workbench.train.discriminative import DiscriminativeOptimizer
-from workbench.train.precision import training_precision
+from workbench.train.precision import choose_precision, training_precision
 from workbench.train.lr_schedules import WarmupCosine
 from workbench.train.policy import TrainingPolicy, training_policy
 from workbench.train.settings import Optimization, Outputs, Runtime
@@ -62,6 +62,7 @@ class FinetuneResult:
     log: list[str] = field(default_factory=list)
     epoch_seconds: dict[int, float] = field(default_factory=dict)  # wall time of each epoch run here
     precision: str = "float32"
+    precision_choice: dict = field(default_factory=dict)  # how "auto" was decided (precision.PrecisionChoice)
     strategy: str = ""
     policy: dict = field(default_factory=dict)         # the training policy actually used (policy.TrainingPolicy)
     evaluation: dict = field(default_factory=dict)     # with tta: plain and test-time-augmented val accuracy
@@ -152,9 +153,10 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
     run = _Run(data, epochs, _policy(policy, parts, data, epochs), optimization, setup, outputs,
                own_pipeline=policy is None and augment is None)
     run.place(model)
+    run.choose_precision()
     run.compile()
     run.resume()
-    with runtime.training_graph_optimization(), training_precision(run.model, setup.precision):
+    with runtime.training_graph_optimization(), training_precision(run.model, run.setup.precision):
         run.head_epochs()
         run.staged_epochs()
     return run.result()
@@ -248,6 +250,16 @@ class _Run:
             raise ValueError(f"The model predicts {out_units} classes but the data has {data.num_classes} "
                              f"({', '.join(data.class_names)}): build it with num_classes={data.num_classes}.")
         self.unfreezer = GradualUnfreezing(self.schedule, epochs=self.epochs, say=self.say)
+
+    def choose_precision(self):
+        """Step 2b: the precision "auto" decided for this model, batch and machine (`choose_precision`)."""
+        asked = self.setup.precision
+        self.precision_choice = choose_precision(self.model, asked, self.data.batch_size,
+                                                 getattr(self.data, "image_size", None),
+                                                 self.strategy.num_replicas_in_sync)
+        self.setup = replace(self.setup, precision=self.precision_choice.precision)
+        if asked == "auto":
+            self.say(f"Precision auto: {self.precision_choice.reason}; {self.setup.precision} chosen.")
 
     def compile(self):
         """Step 3: AdamW (or the given optimizer) under warmup + cosine, wrapped for discriminative rates."""
@@ -379,6 +391,7 @@ class _Run:
                               feature_cache_speedup=self.speedup, resumed_at=self.resumed_at,
                               output_dir=self.outputs.output_dir, log=self.log,
                               epoch_seconds=dict(recorder.epoch_seconds), precision=self.setup.precision,
+                              precision_choice=self.precision_choice.as_dict(),
                               strategy=describe(self.strategy), policy=self.chosen.as_dict(),
                               evaluation=evaluation,
                               progressive=progressive.report(getattr(self, "sides", {}), recorder.epoch_seconds,

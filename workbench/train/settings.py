@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.utils import checks
-from workbench.train.precision import resolve_precision
+from workbench.train.precision import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def verbosity(verbose) -> int:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Seed and determinism, resolved precision, strategy (None, a name or a Strategy), XLA, caching, verbosity."""
+    """Seed and determinism, precision ("auto" until `finetune` decides it for the model), strategy (None, a
+    name or a Strategy), XLA, caching, verbosity."""
 
     seed: int = 0
     deterministic: bool = True
@@ -75,9 +76,9 @@ class Runtime:
     @classmethod
     def checked(cls, *, seed, deterministic, precision, strategy, jit_compile, cache_features,
                 verbose) -> Runtime:
-        """The group from `finetune`'s keywords: seed checked, precision resolved, verbosity made a level."""
+        """The group from `finetune`'s keywords: seed and precision checked, verbosity made a level."""
         return cls(seed=checks.integer("seed", seed), deterministic=deterministic,
-                   precision=resolve_precision(precision), strategy=strategy, jit_compile=jit_compile,
+                   precision=checks.one_of("precision", precision, PRECISIONS), strategy=strategy, jit_compile=jit_compile,
                    cache_features=cache_features, verbosity=verbosity(verbose))
 
 
