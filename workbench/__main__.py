@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -23,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run a command; return the exit status (1 with one sentence on stderr when the input is bad)."""
     args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notes would bury the table
     import workbench as wb
 
     images = args.images[0] if len(args.images) == 1 else args.images

@@ -201,6 +201,13 @@ def test_model_paths_that_are_not_workbench_outputs(run, photos, tmp_path):
         wb.predict(run, photos)
     with pytest.raises(FileNotFoundError, match="does not exist: expected a workbench model"):
         wb.predict(tmp_path / "missing.keras", photos)
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "saved_model.pb").write_bytes(b"\0" * 64)
+    for name in ("damaged.keras", "damaged.tflite", "damaged.onnx", "damaged"):
+        if name != "damaged":
+            (tmp_path / name).write_bytes(b"\0" * 64)
+        with pytest.raises(ValueError, match=rf"Could not read '.*{name}' as a \S+ model \(.+\); expected"):
+            wb.predict(tmp_path / name, photos)
 
 
 def test_bad_images(trained, tmp_path):

@@ -20,12 +20,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from workbench.data.pipeline import error_reason
 from workbench.deploy.export import input_size
 from workbench.deploy.onnx import onnx_session
 from workbench.models.contract import outputs_logits
 
 EXPECTED = ("a workbench model: a Keras model file (model.keras), an exported SavedModel folder "
             "(with saved_model.pb), a .tflite or an .onnx file, as the recipes and wb.export write them")
+
+
+class NotAWorkbenchModel(ValueError):
+    """A model path that is not (or no longer) something the workbench writes."""
 
 
 @dataclass
@@ -48,19 +53,22 @@ def open_model(model) -> Runtime:
     path = Path(model).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"Model '{path}' does not exist: expected {EXPECTED}.")
-    if path.is_dir():
-        if not (path / "saved_model.pb").is_file():
-            found = "model.keras inside: pass that file" if (path / "model.keras").is_file() else "no saved_model.pb"
-            raise ValueError(f"'{path}' is a folder with {found}; expected {EXPECTED}.")
-        return _saved_model_runtime(path)
-    suffix = path.suffix.lower()
-    if suffix == ".keras":
-        return _keras_runtime(keras.saving.load_model(path, compile=False), path)
-    if suffix == ".tflite":
-        return _tflite_runtime(path)
-    if suffix == ".onnx":
-        return _onnx_runtime(path)
-    raise ValueError(f"'{path}' is not a workbench model (unknown extension '{path.suffix}'); expected {EXPECTED}.")
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        found = "model.keras inside: pass that file" if (path / "model.keras").is_file() else "no saved_model.pb"
+        raise NotAWorkbenchModel(f"'{path}' is a folder with {found}; expected {EXPECTED}.")
+    kind = "SavedModel" if path.is_dir() else path.suffix.lower()
+    opener = {"SavedModel": _saved_model_runtime, ".tflite": _tflite_runtime, ".onnx": _onnx_runtime,
+              ".keras": lambda p: _keras_runtime(keras.saving.load_model(p, compile=False), p)}.get(kind)
+    if opener is None:
+        raise NotAWorkbenchModel(f"'{path}' is not a workbench model (unknown extension '{path.suffix}'); "
+                                 f"expected {EXPECTED}.")
+    try:
+        return opener(path)
+    except (ImportError, NotAWorkbenchModel):
+        raise
+    except Exception as err:  # noqa: BLE001 - each runtime has its own errors for a damaged file
+        raise NotAWorkbenchModel(f"Could not read '{path}' as a {kind} model ({error_reason(err)}); "
+                                 f"expected {EXPECTED}.") from err
 
 
 def _batches_to_numpy(dataset: tf.data.Dataset, run) -> np.ndarray:
@@ -75,7 +83,7 @@ def _keras_runtime(model: keras.Model, path) -> Runtime:
 def _saved_model_runtime(path: Path) -> Runtime:
     loaded = tf.saved_model.load(str(path))
     if "serving_default" not in loaded.signatures:
-        raise ValueError(f"SavedModel '{path}' has no serving_default signature; expected {EXPECTED}.")
+        raise NotAWorkbenchModel(f"SavedModel '{path}' has no serving_default signature; expected {EXPECTED}.")
     serve = loaded.signatures["serving_default"]
 
     def run(images):
@@ -95,7 +103,7 @@ def _resize_target(function) -> tuple[int, int]:
                 if size is not None and size.op == "Const":
                     h, w = tf.make_ndarray(size.attr["value"].tensor)
                     return int(h), int(w)
-    raise ValueError("This SavedModel's serving signature does not resize its images to a fixed size, as "
+    raise NotAWorkbenchModel("This SavedModel's serving signature does not resize its images to a fixed size, as "
                      f"wb.export(..., 'saved_model') writes it; expected {EXPECTED}.")
 
 
@@ -139,7 +147,7 @@ def _onnx_runtime(path: Path) -> Runtime:
     inp = session.get_inputs()[0]
     h, w = inp.shape[1:3]
     if not (isinstance(h, int) and isinstance(w, int)):
-        raise ValueError(f"'{path}' takes images of any size ({inp.shape}); a workbench .onnx has a fixed "
+        raise NotAWorkbenchModel(f"'{path}' takes images of any size ({inp.shape}); a workbench .onnx has a fixed "
                          f"input size. Expected {EXPECTED}.")
     return Runtime("onnx", path, (h, w), False,
                    lambda batches: _batches_to_numpy(batches, lambda x: session.run(None, {inp.name: x})[0]))
