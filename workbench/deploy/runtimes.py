@@ -37,7 +37,6 @@ class NotAWorkbenchModel(ValueError):
 class Runtime:
     """A model ready to run: `outputs(batches)` -> array (N, classes)."""
 
-    kind: str                      # "keras", "saved_model", "tflite" or "onnx"
     path: Path | None              # where it was read from (None for an in-memory keras.Model)
     size: tuple[int, int]          # (height, width) of the images it is fed
     logits: bool                   # True when outputs are logits (softmax / sigmoid still to apply)
@@ -76,7 +75,7 @@ def _batches_to_numpy(dataset: tf.data.Dataset, run) -> np.ndarray:
 
 
 def _keras_runtime(model: keras.Model, path) -> Runtime:
-    return Runtime("keras", path, input_size(model), outputs_logits(model),
+    return Runtime(path, input_size(model), outputs_logits(model),
                    lambda batches: np.asarray(model.predict(batches, verbose=0)))
 
 
@@ -89,7 +88,7 @@ def _saved_model_runtime(path: Path) -> Runtime:
     def run(images):
         return serve(images=tf.constant(images))["probabilities"].numpy()
 
-    return Runtime("saved_model", path, _resize_target(serve), False,
+    return Runtime(path, _resize_target(serve), False,
                    lambda batches: _batches_to_numpy(batches, run))
 
 
@@ -139,7 +138,7 @@ def _tflite_runtime(path: Path) -> Runtime:
         return _dequantize(interpreter.get_tensor(out["index"]), out)
 
     h, w = (int(d) for d in inp["shape"][1:3])
-    return Runtime("tflite", path, (h, w), False, lambda batches: _batches_to_numpy(batches, run))
+    return Runtime(path, (h, w), False, lambda batches: _batches_to_numpy(batches, run))
 
 
 def _onnx_runtime(path: Path) -> Runtime:
@@ -149,5 +148,5 @@ def _onnx_runtime(path: Path) -> Runtime:
     if not (isinstance(h, int) and isinstance(w, int)):
         raise NotAWorkbenchModel(f"'{path}' takes images of any size ({inp.shape}); a workbench .onnx has a fixed "
                          f"input size. Expected {EXPECTED}.")
-    return Runtime("onnx", path, (h, w), False,
+    return Runtime(path, (h, w), False,
                    lambda batches: _batches_to_numpy(batches, lambda x: session.run(None, {inp.name: x})[0]))
