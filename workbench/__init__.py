@@ -9,6 +9,7 @@ from workbench.data.pipeline import DatasetUnavailableError, ImageData, cache_ro
 from workbench.train.distribute import make_strategy  # noqa: E402
 from workbench.models.design import VARIANTS, RegNetConfig, RegNetZConfig, complexity, resolve_variant  # noqa: E402
 from workbench.deploy.export import export, export_all  # noqa: E402
+from workbench.deploy.predict import Predictions, predict  # noqa: E402
 from workbench.train.finetune import FinetuneResult, finetune  # noqa: E402
 from workbench.data.folders import load_folder  # noqa: E402
 from workbench.models.tfhub import HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier  # noqa: E402
@@ -38,7 +39,7 @@ __all__ = [
     "DiscriminativeOptimizer", "finetune", "plan", "Plan", "training_policy", "TrainingPolicy", "FinetuneResult", "seed_everything",
     "make_strategy",
     "WarmupCosine", "OneCycle", "lr_find", "LRFindResult", "suggest_lr",
-    "export", "export_all", "HubBackbone", "HubModelUnavailableError", "hub_backbone",
+    "export", "export_all", "predict", "Predictions", "HubBackbone", "HubModelUnavailableError", "hub_backbone",
     "hub_classifier",
     "confusion_matrix", "per_class_metrics", "plot_confusion_matrix", "plot_lr_schedule",
     "plot_top_losses", "plot_training_curves", "predict_dataset", "write_report",

@@ -165,13 +165,13 @@ def test_hub_format_is_a_feature_vector(trained, exported):
 
 def test_unknown_format_is_rejected_before_writing(trained, tmp_path):
     model = trained[0]
-    with pytest.raises(ValueError, match="keras, saved_model, hub, tflite"):
-        export(model, tmp_path / "x", "onnx")
+    with pytest.raises(ValueError, match="keras, saved_model, hub, tflite, onnx"):
+        export(model, tmp_path / "x", "pb")
     with pytest.raises(ValueError, match="'bogus'"):
         export_all(model, tmp_path / "run", "keras,bogus")
     assert not (tmp_path / "run").exists()
     assert export_all(model, tmp_path / "none", "") == {}
-    assert FORMATS == ("keras", "saved_model", "hub", "tflite")
+    assert FORMATS == ("keras", "saved_model", "hub", "tflite", "onnx")
 
 
 def test_class_names_must_match_outputs(trained, tmp_path):

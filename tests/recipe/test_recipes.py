@@ -1,6 +1,7 @@
 """Every recipe executed for real with papermill, on tiny settings."""
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -249,3 +250,57 @@ def test_custom_recipe_noisy_student_on_the_sample(tmp_path):
     assert metrics["val_accuracy"] == pytest.approx(noisy["best_val_accuracy"])
     assert (out / "noisy_student.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "noisy_student" / "round1" / "checkpoints").is_dir()
+
+
+# ---------------------------------------------------------------- predicting with the run's model
+
+def _folder_accuracy(csv) -> float:
+    """Accuracy of a predictions CSV whose images sit in one folder per class."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    return float((frame.label == frame.file.map(lambda f: pathlib.Path(f).parent.name)).mean())
+
+
+def test_predict_command_gives_the_run_its_accuracy(custom_run, tmp_path):
+    """`python -m workbench predict` on the run's validation folder: a CSV and exactly the run's val_accuracy."""
+    from workbench.data.sample import sample_dataset
+
+    csv = tmp_path / "predictions.csv"
+    proc = subprocess.run([sys.executable, "-m", "workbench", "predict", str(custom_run / "model.keras"),
+                           str(sample_dataset() / "val"), "-o", str(csv), "--top-k", "2"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Wrote 60 predictions to {csv}" in proc.stdout and "top2_probability" in proc.stdout
+    assert _folder_accuracy(csv) == pytest.approx(metrics_of(custom_run)["val_accuracy"], abs=1e-9)
+
+
+def test_predict_command_on_bad_input(custom_run, tmp_path, capsys):
+    from workbench.__main__ import main
+
+    assert main(["predict", str(tmp_path / "nowhere.keras"), str(tmp_path)]) == 1
+    assert "error: Model '" in capsys.readouterr().err
+    assert main(["predict", str(custom_run / "model.keras"), str(tmp_path)]) == 1
+    assert f"error: Folder '{tmp_path}' has no image files" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(custom_run / "model.keras"), str(tmp_path), "--top-k", "three"])
+    assert exit_.value.code == 2 and "invalid int value: 'three'" in capsys.readouterr().err
+
+
+@slow
+def test_predict_recipe(custom_run, tmp_path):
+    """recipes/predict.ipynb on the run's model and its validation folder plus a broken file."""
+    from workbench.data.sample import sample_dataset
+
+    images = tmp_path / "images"
+    shutil.copytree(sample_dataset() / "val", images)
+    (images / "brick" / "broken.jpg").write_text("not a JPEG")
+    out = tmp_path / "predict"
+    pm.execute_notebook(str(RECIPES / "predict.ipynb"), str(tmp_path / "executed-predict.ipynb"),
+                        parameters={"model": str(custom_run / "model.keras"), "images": str(images),
+                                    "output_dir": str(out)},
+                        kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    assert _folder_accuracy(out / "predictions.csv") == pytest.approx(metrics_of(custom_run)["val_accuracy"])
+    assert (out / "gallery.png").read_bytes()[:4] == b"\x89PNG"
+    executed = (tmp_path / "executed-predict.ipynb").read_text()
+    assert "skipped" in executed and "broken.jpg" in executed and "accuracy against the folder names" in executed

@@ -189,10 +189,23 @@ def scan_unlabeled(folder, image_size: int) -> tuple[list[str], list[str], list[
     if not root.is_dir():
         raise FileNotFoundError(f"Unlabelled-image folder '{root}' does not exist: point it at a folder of "
                                 "images (no class sub-folders needed).")
-    files = _image_files(root)
+    files = image_files(root)
     if not files:
         raise ValueError(f"Unlabelled-image folder '{root}' has no image files (extensions "
                          f"{', '.join(IMAGE_EXTENSIONS)}): add the images to pseudo-label, or leave it out.")
+    return check_images(files, image_size)
+
+
+def image_files(folder) -> list[Path]:
+    """The image files anywhere under `folder` (by extension; hidden files and folders left out), sorted."""
+    return _image_files(Path(folder).expanduser())
+
+
+def check_images(files, image_size: int) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(readable files, what to feed the pipeline for each, skipped (file, reason)) of `files`, each
+    decoded once with the pipeline's own decoder as `load_folder` does (a format TF cannot read exactly
+    is fed converted)."""
+    files = [Path(f) for f in files]
     results = _validate_all(files, decode_side(image_size))
     readable = [(str(f), str(path)) for f, (path, _) in zip(files, results) if path is not None]
     skipped = [(str(f), why) for f, (path, why) in zip(files, results) if path is None]

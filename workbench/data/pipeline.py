@@ -146,7 +146,11 @@ def decode_raw(contents: tf.Tensor, short_side: int) -> tf.Tensor:
 
 def _decode(contents: tf.Tensor, short_side: int) -> tf.Tensor:
     """Encoded image bytes -> uint8 RGB with its shorter side resized to `short_side`."""
-    image = decode_raw(contents, short_side)
+    return _resize_short_side(decode_raw(contents, short_side), short_side)
+
+
+def _resize_short_side(image: tf.Tensor, short_side: int) -> tf.Tensor:
+    """An RGB image (0-255) -> uint8 with its shorter side resized to `short_side`."""
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = short_side / tf.reduce_min(hw)
     new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), short_side)
@@ -286,6 +290,12 @@ def _decoded(src, image_size: int, crop: bool, mode: str = "none") -> tf.data.Da
     elif mode == "disk":
         ds = ds.cache(_disk_cache_file())
     return ds
+
+
+def fit_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """A decoded RGB image (0-255, any size) -> the float32 centre crop evaluation sees: shorter side
+    resized to `decode_side(image_size)`, then cropped to `image_size` square, as `plain_batches` does."""
+    return tf.cast(_center_crop(_resize_short_side(image, decode_side(image_size)), image_size), tf.float32)
 
 
 def plain_batches(src, image_size: int, batch_size: int, mode: str = "none") -> tf.data.Dataset:

@@ -1,1 +1,1 @@
-"""Exports in the forms people deploy: .keras, SavedModel, TF Hub, TFLite."""
+"""Deployment: exports (.keras, SavedModel, TF Hub, TFLite, ONNX) and `wb.predict` on new images."""

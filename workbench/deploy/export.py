@@ -1,4 +1,4 @@
-"""Export a fine-tuned model in the forms people deploy: .keras, SavedModel, TF Hub, TFLite.
+"""Export a fine-tuned model in the forms people deploy: .keras, SavedModel, TF Hub, TFLite, ONNX.
 
 Every export takes raw RGB images with values 0-255, like the Keras model.
 
@@ -29,6 +29,9 @@ Every export takes raw RGB images with values 0-255, like the Keras model.
   weights, float activations), plus `labels.txt`. Input: float32 0-255 images
   of the model's input size; output: probabilities. Both files are checked
   against the Keras model on real sample images; the figures are returned.
+- "onnx": `model.onnx` (probabilities out, input as "tflite") and `labels.txt`,
+  written by Keras' exporter through tf2onnx and checked in onnxruntime
+  (`workbench.deploy.onnx`).
 """
 from __future__ import annotations
 
@@ -39,13 +42,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from workbench.deploy.onnx import export_onnx
 from workbench.models.contract import feature_extractor, probabilities
 from workbench.models.layers import portable_graphs
 
-FORMATS = ("keras", "saved_model", "hub", "tflite")
+FORMATS = ("keras", "saved_model", "hub", "tflite", "onnx")
 DEFAULT_IMAGE_SIZE = 224
 EXPORT_DIR = "export"
-_NAMES = {"keras": "model.keras", "saved_model": "saved_model", "hub": "hub", "tflite": "tflite"}
+_NAMES = {"keras": "model.keras", "saved_model": "saved_model", "hub": "hub", "tflite": "tflite", "onnx": "onnx"}
 
 
 def parse_formats(formats) -> list[str]:
@@ -85,7 +89,7 @@ def export(model: keras.Model, path, format: str, class_names=None, sample_image
         raise TypeError(f"export() needs a keras.Model, got {type(model).__name__}.")
     class_names = _check_class_names(model, class_names)
     writer = {"keras": _export_keras, "saved_model": _export_saved_model, "hub": _export_hub,
-              "tflite": _export_tflite}[fmt]
+              "tflite": _export_tflite, "onnx": _export_onnx}[fmt]
     with portable_graphs():  # a graph every TensorFlow build (and TFLite) runs
         result = writer(model, Path(path).expanduser(), class_names, sample_images)
     result = {"format": fmt, **result}
@@ -282,6 +286,11 @@ def _export_tflite(model, path, class_names, sample_images):
     return {"path": str(files["float32"]), "size_bytes": _size(files["float32"]),
             "files": {k: {"path": str(f), "size_bytes": _size(f)} for k, f in files.items()},
             "check": check}
+
+
+def _export_onnx(model, path, class_names, sample_images):
+    size = input_size(model)
+    return export_onnx(model, path, class_names, _sample_images(sample_images, size), size)
 
 
 # ---------------------------------------------------------------- TFLite check

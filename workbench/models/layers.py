@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from workbench.utils.runtime import accelerator_present, cpu_grouped_conv_gradients
 
-_PORTABLE = threading.local()
+_TRACED = threading.local()  # the form every GroupConv2D on "auto" traces, when set
 
 
 def default_groups_per_conv(groups, group_in_channels):
@@ -204,8 +204,9 @@ class GroupConv2D(keras.layers.Layer):
     def _use_native(self):
         if self.implementation != "auto":
             return self.implementation == "native"
-        if getattr(_PORTABLE, "on", False):
-            return False
+        form = getattr(_TRACED, "form", None)
+        if form:
+            return form == "native"
         return accelerator_present() or cpu_grouped_conv_gradients(self.compute_dtype)
 
     def call(self, inputs):
@@ -241,15 +242,20 @@ class GroupConv2D(keras.layers.Layer):
 
 
 @contextlib.contextmanager
-def portable_graphs():
-    """Inside, every ``GroupConv2D`` on "auto" traces the chunked form: graphs (SavedModel, Hub, TFLite)
-    that any TensorFlow build runs, including CPU builds whose grouped ``Conv2D`` has no kernel."""
-    previous = getattr(_PORTABLE, "on", False)
-    _PORTABLE.on = True
+def traced_grouped_convs(form: str):
+    """Inside, every ``GroupConv2D`` on "auto" traces `form`: "chunked" or "native" (one grouped op)."""
+    previous = getattr(_TRACED, "form", None)
+    _TRACED.form = form
     try:
         yield
     finally:
-        _PORTABLE.on = previous
+        _TRACED.form = previous
+
+
+def portable_graphs():
+    """Inside, every ``GroupConv2D`` on "auto" traces the chunked form: graphs (SavedModel, Hub, TFLite)
+    that any TensorFlow build runs, including CPU builds whose grouped ``Conv2D`` has no kernel."""
+    return traced_grouped_convs("chunked")
 
 
 def set_grouped_conv_implementation(model, implementation: str):
