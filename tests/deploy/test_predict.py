@@ -190,6 +190,16 @@ def test_multi_label(where, photos, tmp_path):
     assert preds.frame["labels"].tolist() == [";".join(s) for s in sets]
 
 
+def test_bf16_prediction_folds_batchnorm_and_agrees_with_float32(run, photos, tmp_path):
+    exact = wb.predict(run / "model.keras", photos)
+    bf16 = wb.predict(run / "model.keras", photos, precision="mixed_bfloat16")
+    assert np.abs(bf16.probabilities - exact.probabilities).mean() < 0.03  # bf16 itself: 0.017 unfolded too
+    assert np.mean(np.array(bf16.labels) == np.array(exact.labels)) >= 0.95
+    (tmp_path / "model.onnx").write_bytes(b"\0")
+    with pytest.raises(ValueError, match="precision='mixed_bfloat16' applies to Keras models; a .onnx model runs"):
+        wb.predict(tmp_path / "model.onnx", photos, precision="mixed_bfloat16")
+
+
 def test_model_paths_that_are_not_workbench_outputs(run, photos, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match=r"not a workbench model \(unknown extension '.txt'\); expected a workbench "

@@ -24,6 +24,9 @@ from workbench.data.pipeline import error_reason
 from workbench.deploy.export import input_size
 from workbench.deploy.onnx import onnx_session
 from workbench.models.contract import outputs_logits
+from workbench.models.fold import fold_batchnorm
+from workbench.train.precision import set_precision
+from workbench.utils import checks
 
 EXPECTED = ("a workbench model: a Keras model file (model.keras), an exported SavedModel folder "
             "(with saved_model.pb), a .tflite or an .onnx file, as the recipes and wb.export write them")
@@ -43,10 +46,15 @@ class Runtime:
     outputs: Callable[[tf.data.Dataset], np.ndarray]
 
 
-def open_model(model) -> Runtime:
-    """A `Runtime` for a `keras.Model` or a path to a workbench model file or folder."""
+def open_model(model, precision: str = "float32") -> Runtime:
+    """A `Runtime` for a `keras.Model` or a path to a workbench model file or folder.
+
+    precision: "float32", or "mixed_bfloat16" for a Keras model (a copy with BatchNorm folded into the
+    convolutions computes in bf16: `workbench.models.fold`).
+    """
+    checks.one_of("precision", precision, ("float32", "mixed_bfloat16"))
     if isinstance(model, keras.Model):
-        return _keras_runtime(model, None)
+        return _keras_runtime(model, None, precision)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a keras.Model or a path to {EXPECTED}; got {type(model).__name__}.")
     path = Path(model).expanduser()
@@ -57,10 +65,13 @@ def open_model(model) -> Runtime:
         raise NotAWorkbenchModel(f"'{path}' is a folder with {found}; expected {EXPECTED}.")
     kind = "SavedModel" if path.is_dir() else path.suffix.lower()
     opener = {"SavedModel": _saved_model_runtime, ".tflite": _tflite_runtime, ".onnx": _onnx_runtime,
-              ".keras": lambda p: _keras_runtime(keras.saving.load_model(p, compile=False), p)}.get(kind)
+              ".keras": lambda p: _keras_runtime(keras.saving.load_model(p, compile=False), p, precision)}.get(kind)
     if opener is None:
         raise NotAWorkbenchModel(f"'{path}' is not a workbench model (unknown extension '{path.suffix}'); "
                                  f"expected {EXPECTED}.")
+    if precision != "float32" and kind != ".keras":
+        raise ValueError(f"precision={precision!r} applies to Keras models; a {kind} model runs as it was "
+                         "exported: leave precision at 'float32'.")
     try:
         return opener(path)
     except (ImportError, NotAWorkbenchModel):
@@ -74,7 +85,10 @@ def _batches_to_numpy(dataset: tf.data.Dataset, run) -> np.ndarray:
     return np.concatenate([run(np.asarray(x, np.float32)) for x in dataset.as_numpy_iterator()])
 
 
-def _keras_runtime(model: keras.Model, path) -> Runtime:
+def _keras_runtime(model: keras.Model, path, precision: str = "float32") -> Runtime:
+    if precision != "float32":
+        model = fold_batchnorm(model)
+        set_precision(model, precision)
     return Runtime(path, input_size(model), outputs_logits(model),
                    lambda batches: np.asarray(model.predict(batches, verbose=0)))
 
