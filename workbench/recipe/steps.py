@@ -1,6 +1,7 @@
 """The steps every recipe runs, in order: strategy, weights, plan, model and policy, training, report."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from workbench.recipe.outputs import record_plan, save_outputs
@@ -18,10 +19,12 @@ class Run:
     """One recipe run from its checked parameters; each method is a notebook cell's step and says what it did.
 
     Made in the parameter-checking cell: the tf.distribute strategy comes first (a cluster needs it before
-    any TensorFlow work), then the precision "auto" is resolved for this machine.
+    any TensorFlow work), then the precision "auto" is resolved for this machine; the run's wall time
+    (metrics.json's `wall_seconds`) counts from here to the report.
     """
 
     def __init__(self, p: RecipeParams, default_size: int):
+        self.started = time.perf_counter()
         self.p, self.default_size = p, default_size
         self.strategy = make_strategy(p.strategy)
         self.precision = resolve_precision(p.precision)
@@ -114,7 +117,8 @@ class Run:
         p = self.p
         extra = {"pretrained": self.pretrained, "seed": p.seed, "unfreeze": str(policy.unfreeze),
                  "lr_decay": policy.lr_decay, "policy": policy.as_dict(), "drop_path": p.drop_path,
-                 "weights": p.weights.spec, "image_size": self.image_size}
+                 "weights": p.weights.spec, "image_size": self.image_size,
+                 "wall_seconds": round(time.perf_counter() - self.started, 1)}
         if self.noisy:
             extra["noisy_student"] = self.noisy.metrics()
         metrics = save_outputs(result, data, p.output_dir, p.variant, p.export, extra=extra)

@@ -348,6 +348,8 @@ def write_report(model, data, result, output_dir, variant, extra=None, gradcam: 
         value = getattr(result, key, None)
         if value:
             metrics["training_policy" if key == "policy" else key] = value
+    if getattr(result, "epoch_seconds", None):  # the epochs run in this process (after a resume: the rest)
+        metrics["train_seconds"] = sum(result.epoch_seconds.values())
     if getattr(result, "evaluation", None):
         metrics["tta_val_accuracy"] = result.evaluation["tta_val_accuracy"]
     metrics.update(extra or {})
