@@ -220,7 +220,7 @@ def _plot_top(top, class_names, path=None, model=None):
                      fontsize=9, color="C3" if pred != label else "C2")
     if not top:
         axes.flat[0].text(0.5, 0.5, "no validation images", ha="center", va="center")
-    shown = "; Grad-CAM of the prediction" if heatmaps is not None else (f"; {note}" if note else "")
+    shown = "\nheat: Grad-CAM of the predicted class" if heatmaps is not None else (f"\n{note}" if note else "")
     fig.suptitle(f"Top losses: predicted / actual, loss / probability of the prediction{shown}")
     return finish(fig, path)
 
