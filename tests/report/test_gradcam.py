@@ -10,7 +10,7 @@ import workbench as wb
 from workbench.data.folders import load_folder
 from workbench.data.sample import CLASSES, crops, source_photo
 from workbench.models.contract import CLASSIFIER, FEATURES
-from workbench.report.gradcam import GradCAMUnavailableError, explain, overlay_heatmap
+from workbench.report.gradcam import GradCAMUnavailableError, explain, overlay_heatmap, report_heatmaps
 from workbench.report.reports import plot_top_losses
 
 SIZE = 64
@@ -63,6 +63,16 @@ def test_logit_models_and_other_layers(images):
     assert stage3.shape == (5, SIZE, SIZE) and np.allclose(stage3.max(axis=(1, 2)), 1.0)
 
 
+def test_a_mixed_precision_model_gives_the_float32_maps(model, images):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = tiny_regnet(size=SIZE, seed=3)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    mixed.set_weights(model.get_weights())
+    np.testing.assert_allclose(explain(mixed, images), explain(model, images), atol=0.05)  # bf16 rounding
+
+
 def test_models_without_a_feature_map_say_why(images, tmp_path):
     features_only = wb.regnet(TINY, include_top=False, input_shape=(SIZE, SIZE, 3))
     with pytest.raises(GradCAMUnavailableError, match="no pooled-feature layer 'head_pool'"):
@@ -83,6 +93,8 @@ def test_models_without_a_feature_map_say_why(images, tmp_path):
     hub = wb.hub_classifier(str(tmp_path / "hub"), num_classes=2, input_shape=(SIZE, SIZE, 3))
     with pytest.raises(GradCAMUnavailableError, match="returns pooled features only"):
         explain(hub, images)
+    with pytest.warns(UserWarning, match="No Grad-CAM in the report: .*pooled features only"):
+        assert report_heatmaps(hub, list(images)) == (None, "no Grad-CAM for this model")  # plain images
 
 
 def test_overlay_colours_the_hot_part_only():

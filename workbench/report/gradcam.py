@@ -73,15 +73,13 @@ def _cams(scores, x, class_index):
     """(N, h, w) Grad-CAM maps of one batch, before upsampling."""
     with tf.GradientTape() as tape:
         fmap, logits = scores(x)
-        fmap = tf.cast(fmap, tf.float32)
-        logits = tf.cast(logits, tf.float32)
         chosen = tf.argmax(logits, axis=-1, output_type=tf.int32) if class_index is None else class_index
         target = tf.gather(logits, chosen, axis=1, batch_dims=1)
     # Each image's score depends on its own feature map only (inference mode), so one gradient of the
     # batch's sum gives every image's gradient.
-    grads = tape.gradient(target, fmap)
+    grads = tf.cast(tape.gradient(target, fmap), tf.float32)  # a mixed-precision map: its own dtype
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    return tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))
+    return tf.nn.relu(tf.reduce_sum(weights * tf.cast(fmap, tf.float32), axis=-1))
 
 
 def explain(model: keras.Model, images, class_index=None, layer=None, batch_size: int = 32) -> np.ndarray:
