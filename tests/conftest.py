@@ -1,6 +1,7 @@
 """Shared test fixtures: the tiny RegNet, image folders written with PIL, TFDS-format datasets, a loopback Hub."""
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,17 @@ def write_tf_flowers(data_dir, n=25):
     info = tfds.builder("tf_flowers").info
     write_tfds(data_dir, "tf_flowers", {"train": n}, features=info.features,
                version=str(info.version), num_classes=5)
+
+
+def tensorboard_scalars(folder) -> dict:
+    """{tag: {step: value}} of every TensorBoard event file in `folder`."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    out = {}
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return out

@@ -18,6 +18,8 @@ from workbench.models.regnet import regnet  # noqa: E402
 from workbench.train.discriminative import DiscriminativeOptimizer  # noqa: E402
 from workbench.plan.planner import Plan, plan  # noqa: E402
 from workbench.report.data_plots import plot_class_distribution, show_batch  # noqa: E402
+from workbench.report.gradcam import GradCAMUnavailableError, explain, overlay_heatmap  # noqa: E402
+from workbench.report.runs import compare_runs, plot_runs  # noqa: E402
 from workbench.train.policy import TrainingPolicy, training_policy  # noqa: E402
 from workbench.models.published import WeightsUnavailableError, list_weights  # noqa: E402
 from workbench.report.reports import (confusion_matrix, per_class_metrics, plot_confusion_matrix,  # noqa: E402
@@ -43,4 +45,5 @@ __all__ = [
     "hub_classifier",
     "confusion_matrix", "per_class_metrics", "plot_confusion_matrix", "plot_lr_schedule",
     "plot_top_losses", "plot_training_curves", "predict_dataset", "write_report",
+    "explain", "overlay_heatmap", "GradCAMUnavailableError", "compare_runs", "plot_runs",
 ]

@@ -63,3 +63,14 @@ def test_the_ops_profile_times_the_convolutions_of_a_train_step_and_an_inference
         assert [s for _, s, _ in r["ops"]] == sorted((s for _, s, _ in r["ops"]), reverse=True)
         assert any("Conv2D" in op and seconds > 0 and calls > 0 for op, seconds, calls in r["ops"]), r["ops"]
     assert any("Backprop" in op for op, _, _ in result["train"]["ops"])
+
+
+@slow
+def test_the_report_cost_benchmark_times_the_tensorboard_callback_and_the_grad_cam():
+    from workbench.bench.report_cost import measure
+
+    r = measure(epochs=2, image_size=32, max_train_images=48, repeats=1)
+    assert r["epochs"] == 2 and r["tensorboard_calls"] >= 2 * 4  # per epoch at least: begin, end, test begin, end
+    assert 0 < r["tensorboard_seconds"] < r["finetune_seconds"]
+    assert r["tensorboard_share"] == pytest.approx(r["tensorboard_seconds"] / r["finetune_seconds"], abs=1e-3)
+    assert r["top_losses_seconds"] > 0 and r["top_losses_gradcam_seconds"] > 0

@@ -88,7 +88,10 @@ def test_table_csv_and_gallery(trained, photos, tmp_path):
     maps = np.linspace(0, 1, 4 * 8 * 8).reshape(4, 8, 8)
     figure = preds.plot(n=3, path=tmp_path / "gallery.png", heatmaps=maps)
     assert (tmp_path / "gallery.png").stat().st_size > 10_000
-    assert len(figure.axes[0].images) == 2 and figure.axes[0].get_title().startswith(preds.labels[0])
+    plain = preds.plot(n=3).axes[0].images[0].get_array()
+    drawn = figure.axes[0].images[0].get_array()
+    assert figure.axes[0].get_title().startswith(preds.labels[0])
+    np.testing.assert_array_equal(drawn, wb.overlay_heatmap(plain, maps[0]))  # the heatmap is drawn over it
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
         preds.plot(heatmaps=maps * 255)
     with pytest.raises(ValueError, match="one 2-D map per image"):

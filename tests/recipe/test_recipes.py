@@ -64,6 +64,8 @@ def test_custom_recipe_on_the_sample_dataset(custom_run):
     policy = metrics["policy"]   # what was actually used, every "auto" resolved
     assert set(policy) >= {"unfreeze", "lr_decay", "augment", "ema", "tta", "progressive", "bn_refresh"}
     assert policy["augment"] in ("none", "light", "strong", "crop") and metrics["drop_path"] == 0.0
+    assert metrics["wall_seconds"] > metrics["train_seconds"] > 0
+    assert list((custom_run / "tensorboard" / "validation").glob("events.out.tfevents.*"))
 
 
 @slow

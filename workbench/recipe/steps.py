@@ -1,6 +1,7 @@
 """The steps every recipe runs, in order: strategy, weights, plan, model and policy, training, report."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from workbench.recipe.outputs import record_plan, save_outputs
@@ -19,10 +20,12 @@ class Run:
 
     Made in the parameter-checking cell: the tf.distribute strategy comes first (a cluster needs it before
     any TensorFlow work). The planner costs the machine in the precision "auto" resolves to before any model
-    exists; `finetune` decides "auto" for the model it trains (`workbench.train.precision`).
+    exists; `finetune` decides "auto" for the model it trains (`workbench.train.precision`). The run's wall
+    time (metrics.json's `wall_seconds`) counts from here to the report.
     """
 
     def __init__(self, p: RecipeParams, default_size: int):
+        self.started = time.perf_counter()
         self.p, self.default_size = p, default_size
         self.strategy = make_strategy(p.strategy)
         self.plan_precision = resolve_precision(p.precision)
@@ -115,7 +118,8 @@ class Run:
         p = self.p
         extra = {"pretrained": self.pretrained, "seed": p.seed, "unfreeze": str(policy.unfreeze),
                  "lr_decay": policy.lr_decay, "policy": policy.as_dict(), "drop_path": p.drop_path,
-                 "weights": p.weights.spec, "image_size": self.image_size}
+                 "weights": p.weights.spec, "image_size": self.image_size,
+                 "wall_seconds": round(time.perf_counter() - self.started, 1)}
         if self.noisy:
             extra["noisy_student"] = self.noisy.metrics()
         metrics = save_outputs(result, data, p.output_dir, p.variant, p.export, extra=extra)

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from workbench.report.gradcam import overlay_heatmap
 from workbench.utils.figures import finish, plt
 
 
@@ -23,8 +24,8 @@ def check_heatmaps(heatmaps, n: int) -> np.ndarray:
 
 
 def plot_gallery(images, captions, heatmaps=None, colors=None, title=None, path=None):
-    """Images (N, H, W, 3) in 0-255, each captioned; `heatmaps` (N, h, w) in [0, 1] are overlaid, stretched
-    over their image. Returns the Figure, saved to `path` when given."""
+    """Images (N, H, W, 3) in 0-255, each captioned; `heatmaps` (N, h, w) in [0, 1] are overlaid
+    (`overlay_heatmap`). Returns the Figure, saved to `path` when given."""
     images = np.asarray(images)
     n = len(images)
     maps = check_heatmaps(heatmaps, n) if heatmaps is not None else None
@@ -34,11 +35,8 @@ def plot_gallery(images, captions, heatmaps=None, colors=None, title=None, path=
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
-        height, width = images[i].shape[:2]
-        ax.imshow(np.clip(images[i], 0, 255).astype("uint8"))
-        if maps is not None:
-            ax.imshow(maps[i], cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear",
-                      extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        ax.imshow(overlay_heatmap(images[i], maps[i]) if maps is not None
+                  else np.clip(images[i], 0, 255).astype("uint8"))
         ax.set_title(captions[i], fontsize=8, color=colors[i] if colors else "black")
     if title:
         fig.suptitle(title)

@@ -15,6 +15,7 @@ import numpy as np
 
 from workbench.data.pipeline import class_indices
 from workbench.models.contract import outputs_logits
+from workbench.report.gradcam import overlay_heatmap, report_heatmaps
 from workbench.utils.figures import finish, plt
 
 __all__ = ["confusion_matrix", "per_class_metrics", "plot_confusion_matrix", "plot_lr_schedule",
@@ -203,31 +204,37 @@ def plot_confusion_matrix(y_true, y_pred, class_names, path=None, normalize=True
     return finish(fig, path)
 
 
-def _plot_top(top, class_names, path=None):
+def _plot_top(top, class_names, path=None, model=None):
+    """The top-loss grid; with `model`, each image under its Grad-CAM for the predicted class."""
     n = len(top)
+    heatmaps, note = report_heatmaps(model, [entry[2] for entry in top])
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (loss, _, image, label, prob) in zip(axes.flat, top):
+    for k, (ax, (loss, _, image, label, prob)) in enumerate(zip(axes.flat, top)):
         pred = int(np.argmax(prob))
-        ax.imshow(image)
+        ax.imshow(image if heatmaps is None else overlay_heatmap(image, heatmaps[k]))
         ax.set_title(f"{class_names[pred]} / {class_names[label]}\n{loss:.2f} / {prob[pred]:.2f}",
                      fontsize=9, color="C3" if pred != label else "C2")
     if not top:
         axes.flat[0].text(0.5, 0.5, "no validation images", ha="center", va="center")
-    fig.suptitle("Top losses: predicted / actual, loss / probability of the prediction")
+    shown = "\nheat: Grad-CAM of the predicted class" if heatmaps is not None else (f"\n{note}" if note else "")
+    fig.suptitle(f"Top losses: predicted / actual, loss / probability of the prediction{shown}")
     return finish(fig, path)
 
 
-def plot_top_losses(model, data, n: int = 9, path=None):
-    """Grid of the `n` validation images with the highest loss, titled pred / actual / loss / prob."""
+def plot_top_losses(model, data, n: int = 9, path=None, gradcam: bool = True):
+    """Grid of the `n` validation images with the highest loss, titled pred / actual / loss / prob.
+
+    gradcam: draw each image under the Grad-CAM heatmap of its predicted class (`wb.explain`).
+    """
     class_names = getattr(data, "class_names", None)
     _, y_prob, top = _collect(model, data, top_n=n)
     if class_names is None:
         class_names = [str(i) for i in range(y_prob.shape[1])]
-    return _plot_top(top, class_names, path)
+    return _plot_top(top, class_names, path, model if gradcam else None)
 
 
 def plot_lr_schedule(schedule_or_lrs, steps=None, path=None, xlabel=None, events=None):
@@ -298,12 +305,13 @@ def _json_safe(value):
     return str(value)
 
 
-def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
+def write_report(model, data, result, output_dir, variant, extra=None, gradcam: bool = True) -> dict:
     """Evaluate on `data.val` and write metrics.json and the report pictures into `output_dir`.
 
     Writes `metrics.json`, `training_curves.png`, `confusion_matrix.png`, `top_losses.png`
     and `lr_schedule.png` (when the history has `lr`); returns the metrics. `result` is the
     fine-tuning result (or a history dict / keras History, or None). The model is not saved here.
+    `gradcam`: top_losses.png shows each image under its Grad-CAM heatmap (`wb.explain`).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -340,6 +348,8 @@ def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
         value = getattr(result, key, None)
         if value:
             metrics["training_policy" if key == "policy" else key] = value
+    if getattr(result, "epoch_seconds", None):  # the epochs run in this process (after a resume: the rest)
+        metrics["train_seconds"] = sum(result.epoch_seconds.values())
     if getattr(result, "evaluation", None):
         metrics["tta_val_accuracy"] = result.evaluation["tta_val_accuracy"]
     metrics.update(extra or {})
@@ -348,7 +358,7 @@ def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
     figures = {
         "training_curves.png": lambda p: plot_training_curves(history, events=events, path=p),
         "confusion_matrix.png": lambda p: plot_confusion_matrix(y_true, y_pred, class_names, path=p),
-        "top_losses.png": lambda p: _plot_top(top, class_names, path=p),
+        "top_losses.png": lambda p: _plot_top(top, class_names, path=p, model=model if gradcam else None),
     }
     if history.get("lr"):
         figures["lr_schedule.png"] = lambda p: plot_lr_schedule(history["lr"], path=p, xlabel="epoch",

@@ -84,7 +84,7 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
              multipliers=None, optimizer="adamw", weight_decay: float = 0.05, label_smoothing: float = 0.1,
              class_weight=None, warmup: float = 0.05, output_dir=None, resume: bool = True, seed: int = 0,
              cache_features: bool = True, strategy=None, restore_best: bool = True, monitor="val_accuracy",
-             callbacks=None, verbose="auto", deterministic: bool = True, jit_compile="auto",
+             callbacks=None, tensorboard: bool = True, verbose="auto", deterministic: bool = True, jit_compile="auto",
              precision="auto", augment=None, ema: bool = False, tta: bool = False, progressive: bool = False,
              bn_refresh="auto", pretrained=None, policy: TrainingPolicy | None = None) -> FinetuneResult:
     """Fine-tune `model` on `data` (an `ImageData`) under the training policy: by default every stage from epoch 0.
@@ -94,7 +94,7 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
     bn_refresh, pretrained), `Optimization` (lr, optimizer, weight_decay,
     multipliers, label_smoothing, class_weight, warmup), `Runtime` (seed,
     deterministic, precision, strategy, jit_compile, cache_features, verbose)
-    and `Outputs` (output_dir, resume, restore_best, monitor, callbacks); see
+    and `Outputs` (output_dir, resume, restore_best, monitor, callbacks, tensorboard); see
     `workbench.train.settings`.
 
     model: a `keras.Model` from `wb.regnet`, or a zero-argument callable that
@@ -122,7 +122,8 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
     cache_features: train head-only epochs on backbone features computed once
         (augmentation off for those epochs).
     output_dir: checkpoints go to output_dir/checkpoints; an existing run there
-        is resumed (resume=False starts over).
+        is resumed (resume=False starts over). With `tensorboard` (default) the
+        epochs' metrics also go to output_dir/tensorboard (TensorBoard event files).
     restore_best: the returned model holds the weights of the best epoch by
         `monitor` (default); False keeps the last epoch's.
     augment: None (the loader's augmentation) or a spec ("auto", "none", "light",
@@ -147,7 +148,7 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
     setup = Runtime.checked(seed=seed, deterministic=deterministic, precision=precision, strategy=strategy,
                             jit_compile=jit_compile, cache_features=cache_features, verbose=verbose)
     outputs = Outputs.checked(output_dir=output_dir, resume=resume, restore_best=restore_best, monitor=monitor,
-                              callbacks=callbacks)
+                              callbacks=callbacks, tensorboard=tensorboard)
     parts = dict(unfreeze=unfreeze, lr_decay=lr_decay, augment=augment, ema=ema, tta=tta, progressive=progressive,
                  bn_refresh=bn_refresh, pretrained=pretrained)
     run = _Run(data, epochs, _policy(policy, parts, data, epochs), optimization, setup, outputs,
@@ -298,6 +299,7 @@ class _Run:
         out = self.outputs
         self.state = RunState(out.output_dir, self.settings, out.monitor, writer=is_chief(self.strategy))
         self.resumed_at = self.state.resume(self.model, out.resume, self.say)
+        self.callbacks += out.tensorboard_callbacks(writer=is_chief(self.strategy))
         self.recorder = Recorder(self.model, self.state, keep_best_in_memory=out.restore_best)
         self.recorder.unfreezer = self.unfreezer
 

@@ -8,10 +8,14 @@ precision, tf.distribute strategy, XLA, feature caching, verbosity). `Outputs`: 
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import keras
 
 from workbench.utils import checks
 from workbench.train.precision import PRECISIONS
@@ -84,16 +88,32 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Checkpoint folder (None: none) and resuming, best or last weights by `monitor`, extra callbacks."""
+    """Checkpoint folder (None: none) and resuming, best or last weights by `monitor`, extra callbacks,
+    TensorBoard logs."""
 
     output_dir: Path | None = None
     resume: bool = True
     restore_best: bool = True
     monitor: str = "val_accuracy"
     callbacks: tuple = ()
+    tensorboard: bool = True
 
     @classmethod
-    def checked(cls, *, output_dir, resume, restore_best, monitor, callbacks) -> Outputs:
+    def checked(cls, *, output_dir, resume, restore_best, monitor, callbacks, tensorboard) -> Outputs:
         """The group from `finetune`'s keywords."""
+        if not isinstance(tensorboard, bool):
+            raise ValueError(f"tensorboard must be True or False, got {tensorboard!r}.")
         return cls(Path(output_dir) if output_dir is not None else None, resume, restore_best, monitor,
-                   tuple(callbacks or ()))
+                   tuple(callbacks or ()), tensorboard)
+
+    def tensorboard_callbacks(self, writer: bool) -> list:
+        """Keras' TensorBoard callback writing to output_dir/tensorboard, when there is an output_dir,
+        `tensorboard` is on and this process writes: per-epoch scalars only (no graph, histograms or profile)."""
+        if not (self.tensorboard and writer and self.output_dir is not None):
+            return []
+        if importlib.util.find_spec("tensorboard") is None:  # tf.summary's writers live in that package
+            warnings.warn("No TensorBoard logs for this run: install the tensorboard package "
+                          "(pip install tensorboard), or pass tensorboard=False.", stacklevel=3)
+            return []
+        return [keras.callbacks.TensorBoard(str(self.output_dir / "tensorboard"), histogram_freq=0,
+                                            write_graph=False, update_freq="epoch", profile_batch=0)]
