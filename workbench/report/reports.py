@@ -15,6 +15,7 @@ import numpy as np
 
 from workbench.data.pipeline import class_indices
 from workbench.models.contract import outputs_logits
+from workbench.report import classes, multilabel
 from workbench.utils.figures import finish, plt
 
 __all__ = ["confusion_matrix", "per_class_metrics", "plot_confusion_matrix", "plot_lr_schedule",
@@ -109,7 +110,7 @@ def _history_of(obj) -> dict:
 
 
 def _accuracy_key(history: dict):
-    for key in ("accuracy", "acc", "sparse_categorical_accuracy"):
+    for key in ("accuracy", "acc", "sparse_categorical_accuracy", "map"):
         if key in history:
             return key
     return next((k for k in history if "acc" in k and not k.startswith("val_")), None)
@@ -139,7 +140,7 @@ def plot_training_curves(history_or_result, events=None, path=None):
         events = getattr(history_or_result, "events", None)
     acc = _accuracy_key(history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = (("loss", "loss", axes[0]), (acc, "accuracy", axes[1]))
+    panels = (("loss", "loss", axes[0]), (acc, "mAP" if acc == "map" else "accuracy", axes[1]))
     for key, title, ax in panels:
         drawn = False
         for name, style in ((key, "o-"), (f"val_{key}" if key else None, "s-")):
@@ -150,13 +151,13 @@ def plot_training_curves(history_or_result, events=None, path=None):
             epochs = np.arange(1, len(values) + 1)
             ax.plot(epochs, values, style, ms=4, label=("val" if name.startswith("val_") else "train"))
             drawn = True
-            if title == "accuracy" and name.startswith("val_") and np.isfinite(values).any():
+            if key == acc and name.startswith("val_") and np.isfinite(values).any():
                 best = int(np.nanargmax(values))
                 ax.plot(epochs[best], values[best], "*", ms=14, color="gold", mec="k",
                         label=f"best val {values[best]:.3f} (epoch {best + 1})")
         if not drawn:
             ax.text(0.5, 0.5, f"no {title} recorded", ha="center", va="center", transform=ax.transAxes)
-        if title == "accuracy" and drawn:
+        if key == acc and drawn:
             ax.set_ylim(-0.02, 1.02)
         _draw_events(ax, events)
         ax.set_xlabel("epoch")
@@ -298,20 +299,33 @@ def _json_safe(value):
     return str(value)
 
 
+def _single_label(model, dataset, class_names) -> tuple[dict, dict]:
+    """(metrics, {picture file: draw(path)}) of a single-label model on `dataset`."""
+    y_true, y_prob, top = _collect(model, dataset, top_n=9)
+    y_pred = y_prob.argmax(axis=-1)
+    per_class = per_class_metrics(y_true, y_pred, class_names)
+    metrics = {"task": "single_label", "val_accuracy": float(np.mean(y_pred == y_true)),
+               "val_loss": float(np.mean(-np.log(np.clip(y_prob[np.arange(len(y_true)), y_true], _EPS, 1.0)))),
+               "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])), "num_val": int(len(y_true)),
+               "per_class": per_class, "confusion_matrix": confusion_matrix(y_true, y_pred, len(class_names))}
+    figures = {"confusion_matrix.png": lambda p: plot_confusion_matrix(y_true, y_pred, class_names, path=p),
+               "top_losses.png": lambda p: _plot_top(top, class_names, path=p)}
+    return metrics, figures
+
+
 def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
     """Evaluate on `data.val` and write metrics.json and the report pictures into `output_dir`.
 
-    Writes `metrics.json`, `training_curves.png`, `confusion_matrix.png`, `top_losses.png`
-    and `lr_schedule.png` (when the history has `lr`); returns the metrics. `result` is the
+    Writes `metrics.json`, `training_curves.png`, `confusion_matrix.png` (multi-label data:
+    `per_class_ap.png`, and the per-class thresholds in metrics.json), `top_losses.png` and
+    `lr_schedule.png` (when the history has `lr`); returns the metrics. `result` is the
     fine-tuning result (or a history dict / keras History, or None). The model is not saved here.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = [str(c) for c in data.class_names]
-    y_true, y_prob, top = _collect(model, data.val, top_n=9)
-    y_pred = y_prob.argmax(axis=-1)
-    val_loss = float(np.mean(-np.log(np.clip(y_prob[np.arange(len(y_true)), y_true], _EPS, 1.0))))
-    per_class = per_class_metrics(y_true, y_pred, class_names)
+    evaluate = multilabel.evaluate if getattr(data, "multi_label", False) else _single_label
+    task, figures = evaluate(model, data.val, class_names)
     history = {k: [float(np.asarray(v)) for v in vals] for k, vals in _history_of(result).items()}
     events = getattr(result, "events", None) or []
     epochs_run = getattr(result, "epochs_run", None)
@@ -319,20 +333,17 @@ def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
         epochs_run = max((len(v) for v in history.values()), default=0)
     metrics = {
         "variant": variant,
-        "val_accuracy": float(np.mean(y_pred == y_true)),
-        "val_loss": val_loss,
-        "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])),
+        **task,
         "epochs_run": int(epochs_run),
         "best_epoch": getattr(result, "best_epoch", None),
         "best_val_accuracy": getattr(result, "best_val_accuracy", None),
         "class_names": class_names,
         "num_train": getattr(data, "num_train", None),
-        "num_val": int(len(y_true)),
-        "per_class": per_class,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, len(class_names)),
         "events": events,
         "history": history,
     }
+    if hasattr(data, "val_counts"):
+        metrics["class_counts"], metrics["notes"] = classes.class_counts(data), classes.unreliable(data.val_counts)
     for key in ("feature_cache_speedup", "precision", "strategy"):  # what the run used, when known
         if getattr(result, key, None) is not None:
             metrics[key] = getattr(result, key)
@@ -345,11 +356,7 @@ def write_report(model, data, result, output_dir, variant, extra=None) -> dict:
     metrics.update(extra or {})
     metrics = _json_safe(metrics)
 
-    figures = {
-        "training_curves.png": lambda p: plot_training_curves(history, events=events, path=p),
-        "confusion_matrix.png": lambda p: plot_confusion_matrix(y_true, y_pred, class_names, path=p),
-        "top_losses.png": lambda p: _plot_top(top, class_names, path=p),
-    }
+    figures = {"training_curves.png": lambda p: plot_training_curves(history, events=events, path=p), **figures}
     if history.get("lr"):
         figures["lr_schedule.png"] = lambda p: plot_lr_schedule(history["lr"], path=p, xlabel="epoch",
                                                                 events=events)

@@ -151,6 +151,9 @@ def noisy_student(data, unlabeled_dir, teacher, student=None, *, rounds: int = 1
     checks.fraction("dropout", dropout)
     checks.fraction("drop_path", drop_path)
     noise = augmentation.parse(noise, "none")
+    if getattr(data, "multi_label", False):
+        raise ValueError("noisy_student pseudo-labels each unlabelled image with one class (its top class); "
+                         "multi-label data has label sets: train it with wb.finetune, without unlabelled images.")
     if getattr(data, "files", None) is None:
         raise ValueError("noisy_student needs labelled data from wb.load_folder: the student's training set "
                          "is its image files plus the pseudo-labelled ones.")
