@@ -80,16 +80,23 @@ def average_precision(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
     y_true, scores = np.asarray(y_true) > 0.5, np.asarray(scores, dtype="float64")
     out = np.full(y_true.shape[1], np.nan)
     for c in range(y_true.shape[1]):
-        positives = y_true[:, c].sum()
-        if not positives:
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        s, hits = scores[order, c], y_true[order, c]
-        last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
-        tp = np.cumsum(hits)[last]
-        precision, recall = tp / (last + 1), tp / positives
-        out[c] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+        ranked = _cuts(y_true[:, c], scores[:, c])
+        if ranked is not None:
+            _, kept, tp, positives = ranked
+            out[c] = float(np.sum(np.diff(np.r_[0.0, tp / positives]) * tp / kept))
     return out
+
+
+def _cuts(y, s):
+    """Every cut of one class's scores, highest first: (scores sorted, images kept, true positives kept,
+    positives) at each distinct score; None without positives."""
+    positives = int(y.sum())
+    if not positives:
+        return None
+    order = np.argsort(-s, kind="stable")
+    s, hits = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last image of each distinct score
+    return s, last + 1, np.cumsum(hits)[last], positives
 
 
 def _f1(tp, fp, fn):
@@ -112,17 +119,13 @@ def choose_thresholds(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
     y_true, scores = np.asarray(y_true) > 0.5, np.asarray(scores, dtype="float64")
     out = np.full(y_true.shape[1], 0.5)
     for c in range(y_true.shape[1]):
-        positives = y_true[:, c].sum()
-        if not positives:
+        ranked = _cuts(y_true[:, c], scores[:, c])
+        if ranked is None:
             continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        s, hits = scores[order, c], y_true[order, c]
-        last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-        tp = np.cumsum(hits)[last]
-        f1 = _f1(tp, last + 1 - tp, positives - tp)
-        best = int(np.argmax(f1))
-        below = s[last[best] + 1] if last[best] + 1 < len(s) else 0.0
-        out[c] = float((s[last[best]] + below) / 2)
+        s, kept, tp, positives = ranked
+        best = int(np.argmax(_f1(tp, kept - tp, positives - tp)))
+        below = s[kept[best]] if kept[best] < len(s) else 0.0
+        out[c] = float((s[kept[best] - 1] + below) / 2)
     return out
 
 
