@@ -135,8 +135,7 @@ def _check_class_names(model, class_names):
 
 def _write_thresholds(path: Path, thresholds: dict) -> None:
     """thresholds.json ({class name: threshold}) beside every labels file the export wrote."""
-    folder = path if path.is_dir() else path.parent
-    for labels in folder.rglob("*labels.txt"):
+    for labels in (path.rglob("*labels.txt") if path.is_dir() else path.parent.glob("*labels.txt")):
         target = labels.with_name(labels.name.replace("labels.txt", "thresholds.json"))
         target.write_text(json.dumps({str(k): float(v) for k, v in thresholds.items()}, indent=2) + "\n")
 
