@@ -6,13 +6,14 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_regnet
+from conftest import slow, tiny_regnet
 from sklearn.metrics import average_precision_score, f1_score
 
 import workbench as wb
 from workbench.data.sample import sample_multilabel
 from workbench.train import multilabel
 from workbench.report.classes import unreliable
+from workbench.report.multilabel import scores_of
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +105,16 @@ def test_what_multi_label_data_refuses(composites):
         wb.finetune(tiny_regnet(3, 32, classifier_activation="sigmoid"), composites, epochs=1, tta=True, verbose=0)
     with pytest.raises(ValueError, match="noisy_student pseudo-labels each unlabelled image with one class"):
         wb.noisy_student(composites, "never/read", lambda: None, epochs=1)
+
+
+@slow
+def test_staged_epochs_on_cached_features_and_a_logits_head(composites, tmp_path):
+    """The head alone on cached backbone features, then every stage, with mixup of multi-hot rows; a logits head
+    is scored through a sigmoid."""
+    model = tiny_regnet(3, 32, classifier_activation=None)
+    result = wb.finetune(model, composites, epochs=3, unfreeze="0:head,2:all", lr=5e-3, augment="flip,mixup",
+                         verbose=0)
+    assert result.feature_cache_speedup is not None and len(result.history["val_map"]) == 3
+    metrics = wb.write_report(result.model, composites, result, tmp_path, "tiny")
+    y, p, _ = scores_of(result.model, composites.val)
+    assert ((p > 0) & (p < 1)).all() and metrics["map"] == pytest.approx(np.nanmean(multilabel.average_precision(y, p)))
