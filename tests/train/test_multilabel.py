@@ -88,6 +88,8 @@ def test_finetune_monitors_map_and_the_report_is_multi_label(trained, composites
     assert "per_class_ap.png" in saved["files"] and "confusion_matrix.png" not in saved["files"]
     for png in ("per_class_ap.png", "top_losses.png", "training_curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    titles = [ax.get_title() for ax in wb.plot_top_losses(result.model, composites, n=4).axes if ax.get_title()]
+    assert len(titles) == 4 and all(t.startswith("missed: ") and "\nadded: " in t for t in titles)
 
 
 def test_rare_classes_get_a_sentence():

@@ -223,8 +223,11 @@ def _plot_top(top, class_names, path=None):
 
 
 def plot_top_losses(model, data, n: int = 9, path=None):
-    """Grid of the `n` validation images with the highest loss, titled pred / actual / loss / prob."""
+    """Grid of the `n` validation images with the highest loss, titled pred / actual / loss / prob (multi-label
+    data: the labels missed and added at thresholds chosen on these images)."""
     class_names = getattr(data, "class_names", None)
+    if getattr(data, "multi_label", False):
+        return multilabel.evaluate(model, data.val, class_names, top_n=n)[1]["top_losses.png"](path)
     _, y_prob, top = _collect(model, data, top_n=n)
     if class_names is None:
         class_names = [str(i) for i in range(y_prob.shape[1])]
