@@ -10,8 +10,10 @@ from workbench.train.distribute import make_strategy  # noqa: E402
 from workbench.models.design import VARIANTS, RegNetConfig, RegNetZConfig, complexity, resolve_variant  # noqa: E402
 from workbench.deploy.export import export, export_all  # noqa: E402
 from workbench.deploy.predict import Predictions, predict  # noqa: E402
-from workbench.train.finetune import FinetuneResult, finetune  # noqa: E402
+from workbench.train.finetune import finetune
+from workbench.train.result import FinetuneResult  # noqa: E402
 from workbench.data.folders import load_folder  # noqa: E402
+from workbench.data.csv import load_csv  # noqa: E402
 from workbench.models.tfhub import HubBackbone, HubModelUnavailableError, hub_backbone, hub_classifier  # noqa: E402
 from workbench.train.lr_find import LRFindResult, lr_find, suggest_lr  # noqa: E402
 from workbench.models.regnet import regnet  # noqa: E402
@@ -34,7 +36,7 @@ from workbench.train.unfreeze import GradualUnfreezing, UnfreezePolicy, unfreeze
 __all__ = [
     "VARIANTS", "STAGES", "RegNetConfig", "RegNetZConfig", "complexity", "regnet", "resolve_variant", "stage_layers",
     "feature_extractor", "outputs_logits", "list_weights", "WeightsUnavailableError",
-    "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_tfds",
+    "DatasetUnavailableError", "ImageData", "cache_root", "load_folder", "load_csv", "load_tfds",
     "sample_dataset", "sample_unlabeled", "noisy_student", "NoisyStudentResult", "show_batch",
     "plot_class_distribution",
     "GradualUnfreezing", "Schedule", "parse_schedule", "default_schedule", "unfreeze_policy", "UnfreezePolicy",

@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import workbench as wb
 from conftest import tiny_regnet
 from workbench.models.contract import feature_extractor
 from workbench.deploy.export import FORMATS, export, export_all, tflite_predict

@@ -13,7 +13,8 @@ import pytest
 from conftest import slow, tiny_regnet, write_classes
 
 from workbench.models.contract import CLASSIFIER
-from workbench.train.finetune import FinetuneResult, finetune
+from workbench.train.finetune import finetune
+from workbench.train.result import FinetuneResult
 from workbench.data.folders import load_folder
 from workbench.data.sample import sample_dataset
 from workbench.train.schedule import default_schedule

@@ -91,7 +91,7 @@ def _validate(path: Path, short_side: int) -> tuple[Path | None, str]:
         return None, error_reason(err)
 
 
-def _validate_all(files: list[Path], short_side: int) -> list[tuple[Path | None, str]]:
+def validate_all(files: list[Path], short_side: int) -> list[tuple[Path | None, str]]:
     """`_validate` of every file, on a few threads (decoding releases the GIL)."""
     workers = min(8, (os.cpu_count() or 2) * 2)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -102,7 +102,7 @@ def _scan_split(folder: Path, class_names: list[str], short_side: int):
     """Validated (paths, labels) of every class under `folder`, and the skipped files."""
     jobs = [(path, label) for label, c in enumerate(class_names)
             if (folder / c).is_dir() for path in _image_files(folder / c)]
-    results = _validate_all([path for path, _ in jobs], short_side)
+    results = validate_all([path for path, _ in jobs], short_side)
     paths, labels, skipped = [], [], []
     for (path, label), (usable, why) in zip(jobs, results):
         if usable is None:
@@ -150,31 +150,59 @@ def load_folder(folder, image_size: int = 224, batch_size: int = 32, val_split: 
         raise ValueError(f"Class folder(s) {empty} in '{train_root}' have no readable images "
                          f"(extensions {', '.join(IMAGE_EXTENSIONS)}; {len(skipped)} file(s) skipped as "
                          "unreadable). Add images or remove the folder(s).")
+    val = None
     if val_root is not None:
         val_paths, val_labels, val_skipped = _scan_split(val_root, class_names, decode_side(image_size))
         skipped += val_skipped
         if not len(val_paths):
             raise ValueError(f"'{val_root}' has no readable images in class sub-folders {class_names}.")
-    else:
-        train_idx, val_idx = stratified_split(labels, val_split, seed)
-        val_paths, val_labels = [paths[i] for i in val_idx], labels[val_idx]
+        val = (val_paths, val_labels)
+    return assemble(paths, labels, val, class_names, skipped, image_size=image_size, batch_size=batch_size,
+                    val_split=val_split, seed=seed, max_train_images=max_train_images, augment=augment,
+                    cache=cache, verbose=verbose)
+
+
+def _strata(labels: np.ndarray) -> np.ndarray:
+    """What a split keeps in proportion: the class, or (multi-hot rows) the rarest class each image holds."""
+    if labels.ndim == 1:
+        return labels
+    rarity = np.where(labels > 0, labels.sum(0, keepdims=True), np.inf)
+    return np.where(np.isfinite(rarity.min(1)), rarity.argmin(1), labels.shape[1])
+
+
+def _counts(labels: np.ndarray, class_names) -> dict[str, int]:
+    if labels.ndim == 1:
+        return class_counts(labels, class_names)
+    return {c: int(n) for c, n in zip(class_names, (labels > 0).sum(0))}
+
+
+def assemble(paths, labels, val, class_names, skipped, *, image_size, batch_size, val_split, seed,
+             max_train_images, augment, cache, verbose) -> ImageData:
+    """The `ImageData` of checked files: `labels` class indices or multi-hot rows (multi-label); `val`
+    (paths, labels), or None for a seeded split stratified by class; then subsampled, shuffled, cached."""
+    labels = np.asarray(labels)
+    if val is None:
+        train_idx, val_idx = stratified_split(_strata(labels), val_split, seed)
+        val = ([paths[i] for i in val_idx], labels[val_idx])
         paths, labels = [paths[i] for i in train_idx], labels[train_idx]
-    keep = subsample(labels, max_train_images, seed)
+    val_paths, val_labels = val
+    keep = subsample(_strata(labels), max_train_images, seed)
     keep = np.random.default_rng(seed).permutation(keep)  # mix classes in cache order
     paths, labels = [paths[i] for i in keep], labels[keep]
-
+    multi = labels.ndim == 2
     augment = augmentation.parse(augment, augmentation.AUTO)
-    make_train, val, plain = pipelines(_source(paths, labels), _source(val_paths, val_labels), len(paths),
+    make_train, val, plain = pipelines(encoded(paths, labels), encoded(val_paths, val_labels), len(paths),
                                        image_size, batch_size, seed, augment, cache, len(class_names))
-    data = ImageData(make_train(seed), val, class_names, class_counts(labels, class_names),
-                     class_counts(val_labels, class_names), image_size, batch_size, skipped, plain, make_train,
-                     augment, files={"paths": paths, "labels": labels, "seed": seed, "cache": cache})
+    data = ImageData(make_train(seed), val, class_names, _counts(labels, class_names),
+                     _counts(np.asarray(val_labels), class_names), image_size, batch_size, skipped, plain,
+                     make_train, augment, files={"paths": paths, "labels": labels, "seed": seed, "cache": cache},
+                     multi_label=multi, image_counts=(len(paths), len(val_paths)) if multi else None)
     if verbose:
         print(data.summary())
     return data
 
 
-def _source(paths, labels) -> tf.data.Dataset:
+def encoded(paths, labels) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((paths, labels)).map(lambda f, t: (tf.io.read_file(f), t))
 
 
@@ -206,7 +234,7 @@ def check_images(files, image_size: int) -> tuple[list[str], list[str], list[tup
     decoded once with the pipeline's own decoder as `load_folder` does (a format TF cannot read exactly
     is fed converted)."""
     files = [Path(f) for f in files]
-    results = _validate_all(files, decode_side(image_size))
+    results = validate_all(files, decode_side(image_size))
     readable = [(str(f), str(path)) for f, (path, _) in zip(files, results) if path is not None]
     skipped = [(str(f), why) for f, (path, why) in zip(files, results) if path is None]
     return [f for f, _ in readable], [p for _, p in readable], skipped
@@ -214,7 +242,7 @@ def check_images(files, image_size: int) -> tuple[list[str], list[str], list[tup
 
 def unlabeled_batches(paths: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
     """Batches of (centre crops, file index) of `paths`, in order, decoded as the validation images are."""
-    return plain_batches(_source(paths, np.arange(len(paths))), image_size, batch_size)
+    return plain_batches(encoded(paths, np.arange(len(paths))), image_size, batch_size)
 
 
 def with_extra_images(data: ImageData, paths: list[str], label_rows: np.ndarray, augment=None) -> ImageData:
@@ -230,8 +258,8 @@ def with_extra_images(data: ImageData, paths: list[str], label_rows: np.ndarray,
     order = np.random.default_rng(files["seed"]).permutation(len(all_paths))  # mix them in cache order
     all_paths, rows = [all_paths[i] for i in order], rows[order]
     augment = augmentation.parse(augment, augmentation.AUTO) if augment is not None else data.augment
-    no_val = _source(tf.constant([], tf.string), np.zeros((0, k), np.float32))
-    make_train, _, plain = pipelines(_source(all_paths, rows), no_val, len(all_paths), data.image_size,
+    no_val = encoded(tf.constant([], tf.string), np.zeros((0, k), np.float32))
+    make_train, _, plain = pipelines(encoded(all_paths, rows), no_val, len(all_paths), data.image_size,
                                      data.batch_size, files["seed"], augment, files["cache"], k)
     return ImageData(make_train(files["seed"]), data.val, data.class_names, class_counts(rows, data.class_names),
                      data.val_counts, data.image_size, data.batch_size, data.skipped, plain, make_train, augment,

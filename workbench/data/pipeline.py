@@ -57,6 +57,8 @@ class ImageData:
 
     augment: object = None  # the loader's augmentation (an `augment.Augment`)
     files: dict | None = field(default=None, repr=False)  # folder data: train paths/labels, loader settings
+    multi_label: bool = False  # labels are multi-hot float rows; counts are the images holding each class
+    image_counts: tuple[int, int] | None = None  # (train, val) images, when counts are not one per image
 
     def training(self, seed: int, first_epoch: int = 0, augment=None) -> tf.data.Dataset:
         """Training batches of epochs `first_epoch`, `first_epoch + 1`, ... (endless), from `seed` alone.
@@ -82,16 +84,20 @@ class ImageData:
 
     @property
     def num_train(self) -> int:
-        return sum(self.train_counts.values())
+        return self.image_counts[0] if self.image_counts else sum(self.train_counts.values())
 
     @property
     def num_val(self) -> int:
-        return sum(self.val_counts.values())
+        return self.image_counts[1] if self.image_counts else sum(self.val_counts.values())
 
     @property
     def class_weights(self) -> dict[int, float]:
-        """Balanced weights n / (k * n_c) for `model.fit(class_weight=...)`."""
+        """Balanced weights n / (k * n_c) for `model.fit(class_weight=...)`; multi-label: each class's
+        positive weight (images without it) / (images with it), for the binary cross-entropy."""
         n, k = self.num_train, self.num_classes
+        if self.multi_label:
+            return {i: (n - self.train_counts[c]) / max(self.train_counts[c], 1)
+                    for i, c in enumerate(self.class_names)}
         return {i: n / (k * max(self.train_counts[c], 1)) for i, c in enumerate(self.class_names)}
 
     @property
@@ -102,8 +108,8 @@ class ImageData:
 
     def summary(self) -> str:
         """A few lines: classes, counts, imbalance and skipped files."""
-        lines = [f"{self.num_classes} classes, {self.num_train} train / {self.num_val} val images "
-                 f"at {self.image_size}x{self.image_size}"]
+        lines = [f"{self.num_classes} classes{' (multi-label)' if self.multi_label else ''}, {self.num_train} "
+                 f"train / {self.num_val} val images at {self.image_size}x{self.image_size}"]
         width = max(len(c) for c in self.class_names)
         for c in self.class_names:
             lines.append(f"  {c:<{width}}  train {self.train_counts[c]:>6}  val {self.val_counts[c]:>5}")
@@ -111,7 +117,7 @@ class ImageData:
             lo = min(self.class_names, key=self.train_counts.get)
             hi = max(self.class_names, key=self.train_counts.get)
             lines.append(f"Class imbalance: '{hi}' has {self.imbalance:.1f}x the images of '{lo}'; "
-                         "consider model.fit(..., class_weight=data.class_weights).")
+                         "consider finetune(..., class_weight=\"balanced\").")
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} unreadable file(s):")
             lines += [f"  {p}: {why}" for p, why in self.skipped[:5]]

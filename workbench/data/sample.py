@@ -96,3 +96,36 @@ def sample_dataset(path=None) -> Path:
                 crop.save(folder / f"{label}_{i:03d}.jpg", quality=90)
     (root / ".complete").write_text(_VERSION + "\n")
     return root
+
+
+def sample_multilabel(path=None, train: int = 120, val: int = 60, rare: float = 0.2, test: int = 0) -> Path:
+    """Write a multi-label sample once and return its folder: images/*.jpg and labels.csv (file, labels, split).
+
+    Each image is a 2x2 mosaic of crops of the sample's texture photos; its labels ("brick|grass") are
+    exactly the textures in it, so the truth is known. Gravel is rare (in about `rare` of the images);
+    brick and grass are each in about half or more. Training crops come from each photo's top three quarters,
+    validation (and `test`) crops from its bottom quarter.
+    """
+    name = f"{_VERSION}-multilabel-{train}-{val}-{rare}-{test}"
+    root = Path(path).expanduser() if path else cache_root() / "sample" / name
+    if (root / ".complete").exists():
+        return root
+    rng = np.random.default_rng(2)
+    photos = {name: source_photo(name) for name in CLASSES}
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["file,labels,split"]
+    for split, count in (("train", train), ("val", val), ("test", test)):
+        top, bottom, _ = _SPLITS["train" if split == "train" else "val"]
+        for i in range(count):
+            present = [name for name, p in zip(CLASSES, (0.6, 0.6, rare)) if rng.random() < p] or ["brick"]
+            tiles = list(present) + [present[int(rng.integers(len(present)))] for _ in range(4 - len(present))]
+            mosaic = Image.new("RGB", (_OUT, _OUT))
+            for k, j in enumerate(rng.permutation(4)):
+                tile = crops(photos[tiles[j]], top, bottom, 1, rng, sides=(48, 128), out=_OUT // 2)[0]
+                mosaic.paste(tile, ((k % 2) * _OUT // 2, (k // 2) * _OUT // 2))
+            name = f"{split}_{i:04d}.jpg"
+            mosaic.save(root / "images" / name, quality=90)
+            rows.append(f"{name},{'|'.join(present)},{split}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    (root / ".complete").write_text(_VERSION + "\n")
+    return root

@@ -35,6 +35,7 @@ Every export takes raw RGB images with values 0-255, like the Keras model.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def parse_formats(formats) -> list[str]:
 
 
 def export(model: keras.Model, path, format: str, class_names=None, sample_images=None,
-           verbose: bool = True) -> dict:
+           verbose: bool = True, thresholds=None) -> dict:
     """Write `model` to `path` in `format` (one of FORMATS); return what was written.
 
     The result is a JSON-friendly dict with at least `format`, `path` and
@@ -79,6 +80,8 @@ def export(model: keras.Model, path, format: str, class_names=None, sample_image
     `max_abs_diff` of probabilities and `top1_agreement` with the Keras model
     on `sample_images`: an array of 0-255 images, a dataset of
     `(images, labels)`, or None for the built-in sample photos).
+    `thresholds` ({class name: float}, a multi-label model's decision
+    thresholds) is written as JSON beside each labels file ("thresholds.json").
     """
     fmts = parse_formats(format if isinstance(format, str) else [format])
     if len(fmts) != 1:
@@ -93,13 +96,15 @@ def export(model: keras.Model, path, format: str, class_names=None, sample_image
     with portable_graphs():  # a graph every TensorFlow build (and TFLite) runs
         result = writer(model, Path(path).expanduser(), class_names, sample_images)
     result = {"format": fmt, **result}
+    if thresholds:
+        _write_thresholds(Path(result["path"]), thresholds)
     if verbose:
         _report(result)
     return result
 
 
 def export_all(model: keras.Model, output_dir, formats, class_names=None, sample_images=None,
-               verbose: bool = True) -> dict:
+               verbose: bool = True, thresholds=None) -> dict:
     """Export `model` in each of `formats` ("saved_model,tflite" or a list) under `output_dir/export/`.
 
     Format names are all validated before anything is written. Returns
@@ -107,7 +112,7 @@ def export_all(model: keras.Model, output_dir, formats, class_names=None, sample
     """
     fmts = parse_formats(formats)
     root = Path(output_dir).expanduser() / EXPORT_DIR
-    return {fmt: export(model, root / _NAMES[fmt], fmt, class_names, sample_images, verbose)
+    return {fmt: export(model, root / _NAMES[fmt], fmt, class_names, sample_images, verbose, thresholds)
             for fmt in fmts}
 
 
@@ -130,6 +135,13 @@ def _check_class_names(model, class_names):
     if outputs is not None and len(names) != outputs:
         raise ValueError(f"class_names has {len(names)} names but the model outputs {outputs} classes.")
     return names
+
+
+def _write_thresholds(path: Path, thresholds: dict) -> None:
+    """thresholds.json ({class name: threshold}) beside every labels file the export wrote."""
+    for labels in (path.rglob("*labels.txt") if path.is_dir() else path.parent.glob("*labels.txt")):
+        target = labels.with_name(labels.name.replace("labels.txt", "thresholds.json"))
+        target.write_text(json.dumps({str(k): float(v) for k, v in thresholds.items()}, indent=2) + "\n")
 
 
 def _size(path: Path) -> int:

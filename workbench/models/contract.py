@@ -139,6 +139,12 @@ def outputs_logits(model: keras.Model) -> bool:
     return _activation_name(layer) == "linear"
 
 
+def output_activation(model: keras.Model) -> str | None:
+    """The activation computing the model's output: "softmax", "sigmoid", "linear" (logits), ..."""
+    layer = _output_layer(model)
+    return "softmax" if isinstance(layer, keras.layers.Softmax) else _activation_name(layer)
+
+
 def probabilities(model: keras.Model, outputs):
     """The model's outputs as probabilities (softmax over logits, unchanged otherwise)."""
     return keras.ops.softmax(outputs, axis=-1) if outputs_logits(model) else outputs

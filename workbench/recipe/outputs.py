@@ -29,14 +29,22 @@ def record_plan(metrics: dict, plan, result) -> dict:
 
 
 def summary(metrics: dict, output_dir) -> str:
-    """Final recipe summary: accuracy, per-class table, where the outputs went."""
+    """Final recipe summary: accuracy beside macro-F1 (multi-label: mAP), the per-class table with the train
+    and val counts, a sentence per class too rare in validation to judge, where the outputs went."""
     out = Path(output_dir)
-    lines = [f"{metrics['variant']}: val_accuracy {metrics['val_accuracy']:.3f}, "
-             f"val_loss {metrics['val_loss']:.3f} after {metrics['epochs_run']} epochs", "",
-             f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>5}"]
+    multi = metrics.get("task") == "multi_label"
+    lead = (f"mAP {metrics['map']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, micro-F1 {metrics['micro_f1']:.3f}, "
+            f"exact-match accuracy {metrics['val_accuracy']:.3f}" if multi else
+            f"val_accuracy {metrics['val_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+    counts = metrics.get("class_counts", {})
+    lines = [f"{metrics['variant']}: {lead}, val_loss {metrics['val_loss']:.3f} after {metrics['epochs_run']} epochs",
+             "", f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>6}"
+             + (f" {'AP':>6} {'thresh':>6}" if multi else "") + f" {'train':>6} {'val':>5}"]
     for name, m in metrics["per_class"].items():
-        lines.append(f"{name:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
-                     f"{m['support']:>5}")
+        extra = f" {m['ap'] if m['ap'] is not None else float('nan'):>6.3f} {m['threshold']:>6.3f}" if multi else ""
+        lines.append(f"{name:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f}{extra} "
+                     f"{counts.get('train', {}).get(name, ''):>6} {m['support']:>5}")
+    lines += metrics.get("notes", [])
     lines += ["", f"Outputs in {out.resolve()}:"]
     lines += [f"  {p.relative_to(out)}" for p in sorted(out.iterdir()) if p.name != "checkpoints"]
     return "\n".join(lines)
@@ -54,6 +62,7 @@ def save_outputs(result, data, output_dir, variant, export, extra=None) -> dict:
     metrics = write_report(result.model, data, result, out, variant, extra=extra)
     result.model.save(out / "model.keras")
     if export:
-        metrics["exports"] = export_all(result.model, out, export, data.class_names)
+        metrics["exports"] = export_all(result.model, out, export, data.class_names,
+                                        thresholds=metrics.get("thresholds"))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return {**metrics, "output_dir": str(out)}

@@ -80,6 +80,8 @@ class RecipeParams:
     student_weights: Weights = Weights()
     student_rounds: int = 1
     budget_minutes: float = 0
+    labels: str = ""           # a CSV of labels (data_dir then holds the images); empty: class sub-folders
+    label_delimiter: str = ""  # several labels per cell (multi-label); empty: one label per image
 
     def __str__(self):
         student = f", student {self.student_variant}" if self.unlabeled_dir else ""
@@ -92,7 +94,7 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
                  seed, max_train_images, output_dir, export, data_dir=None, dataset=None, augment="auto",
                  ema=False, tta=False, drop_path=0.0, progressive=False, precision="auto",
                  strategy="auto", unlabeled_dir="", student_variant="", student_rounds=1,
-                 budget_minutes=0) -> RecipeParams:
+                 budget_minutes=0, labels="", label_delimiter="") -> RecipeParams:
     """Validate every recipe parameter before any work; raise RecipeError with one sentence."""
     try:
         run = _check_run(budget_minutes=budget_minutes, student_rounds=student_rounds, precision=precision,
@@ -108,11 +110,13 @@ def check_params(*, variant, weights, image_size, batch_size, epochs, unfreeze, 
             raise ValueError(f"export={export!r}: {e}") from None
     except ValueError as e:
         raise RecipeError(str(e)) from None
+    _check_labels(labels, label_delimiter, data_dir, dataset, unlabeled_dir)
     _check_places(data_dir, dataset, unlabeled_dir, output_dir)
     chosen, student = _check_weights(variant, weights, budget_minutes, unlabeled_dir, student_variant or variant)
     return RecipeParams(variant=variant, weights=chosen, unfreeze=schedule, output_dir=Path(output_dir),
                         export=formats, data_dir=data_dir, dataset=dataset, unlabeled_dir=unlabeled_dir,
-                        student_variant=student_variant or variant, student_weights=student, **run)
+                        student_variant=student_variant or variant, student_weights=student,
+                        labels=labels or "", label_delimiter=label_delimiter or "", **run)
 
 
 def _variant(name) -> str:
@@ -158,7 +162,7 @@ def _check_places(data_dir, dataset, unlabeled_dir, output_dir) -> None:
     """The folders and the dataset name: RecipeError when one is missing or mistaken."""
     if data_dir is not None and not Path(data_dir).is_dir():
         raise RecipeError(f"data_dir={str(data_dir)!r} does not exist: point it at a folder with one "
-                          f"sub-folder of images per class.")
+                          f"sub-folder of images per class (with labels=, the folder of the images).")
     if unlabeled_dir == "sample" and data_dir is not None:
         raise RecipeError("unlabeled_dir='sample' is the sample dataset's unlabelled photos: use it with the "
                           "sample dataset (data_dir=''), or point unlabeled_dir at your own unlabelled images.")
@@ -169,6 +173,24 @@ def _check_places(data_dir, dataset, unlabeled_dir, output_dir) -> None:
         raise RecipeError("output_dir must name a folder for the results.")
     if dataset is not None and not (isinstance(dataset, str) and dataset):
         raise RecipeError(f"dataset must be the name of a TFDS image-classification dataset, got {dataset!r}.")
+
+
+def _check_labels(labels, label_delimiter, data_dir, dataset, unlabeled_dir) -> None:
+    """A label file and its delimiter: RecipeError when they contradict the other data settings."""
+    if label_delimiter and not labels:
+        raise RecipeError(f"label_delimiter={label_delimiter!r} splits the label cells of a CSV: set labels= "
+                          "the CSV file too, or leave label_delimiter empty.")
+    if not labels:
+        return
+    if not Path(labels).is_file():
+        raise RecipeError(f"labels={str(labels)!r} is not a file: point it at a CSV of image files and labels.")
+    if dataset is not None:
+        raise RecipeError("labels= reads a CSV of your images; dataset= reads a TFDS dataset: set one of them.")
+    if not data_dir:
+        raise RecipeError("labels= needs data_dir= the folder that holds the images its rows name.")
+    if unlabeled_dir and label_delimiter:
+        raise RecipeError("unlabeled_dir (noisy-student training) pseudo-labels one class per image; "
+                          "label_delimiter makes the data multi-label: use one of them.")
 
 
 def _check_weights(variant, weights, budget_minutes, unlabeled_dir, student_variant) -> tuple[Weights, Weights]:

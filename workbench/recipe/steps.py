@@ -12,8 +12,6 @@ from workbench.train.finetune import finetune
 from workbench.train.policy import training_policy
 from workbench.train.precision import resolve_precision
 
-PICTURES = ["training_curves.png", "confusion_matrix.png", "top_losses.png"]
-
 
 class Run:
     """One recipe run from its checked parameters; each method is a notebook cell's step and says what it did.
@@ -32,7 +30,7 @@ class Run:
         self.image_size = default_size if p.image_size == "auto" else p.image_size
         self.weights_file = self.plan = self.noisy = None
         self.pretrained = False
-        self.pictures = list(PICTURES)
+        self.pictures = []  # the report's pictures, once written
 
     def prepare_weights(self) -> int:
         """The weights fetched once and the image size (their native one with image_size="auto", when
@@ -64,12 +62,13 @@ class Run:
         chosen.lap("setup")
         return data
 
-    def build(self, num_classes: int):
-        """(model, policy): the model with the fetched weights and a fresh head; the training policy
+    def build(self, num_classes: int, multi_label: bool = False):
+        """(model, policy): the model with the fetched weights and a fresh head (sigmoid for multi-label
+        data, else softmax); the training policy
         resolved once for it (every "auto" decided: see `wb.training_policy`)."""
         p = self.p
         model, self.pretrained = build_model(p.variant, self.weights_file, num_classes, self.image_size,
-                                             seed=p.seed, drop_path=p.drop_path)
+                                             seed=p.seed, drop_path=p.drop_path, multi_label=multi_label)
         policy = training_policy(p.unfreeze, p.epochs, self.pretrained, p.lr_decay, augment=p.augment, ema=p.ema,
                                  tta=p.tta, progressive=p.progressive)
         print("Policy:", policy)
@@ -123,6 +122,8 @@ class Run:
         if self.noisy:
             extra["noisy_student"] = self.noisy.metrics()
         metrics = save_outputs(result, data, p.output_dir, p.variant, p.export, extra=extra)
+        self.pictures = sorted((f for f in metrics["files"] if f.endswith(".png") and f != "lr_schedule.png"),
+                               key=lambda f: f != "training_curves.png")
         if self.plan:
             metrics = record_plan(metrics, self.plan, result)
         if self.noisy:

@@ -73,8 +73,10 @@ def prepare_weights(variant, weights, image_size, default_size):
     return path, size
 
 
-def build_model(variant, weights_file, num_classes, image_size, dropout=0.0, seed=0, drop_path=0.0):
-    """(model, pretrained): the recipe's model from a local weights file (or None: random initialization)."""
+def build_model(variant, weights_file, num_classes, image_size, dropout=0.0, seed=0, drop_path=0.0,
+                multi_label=False):
+    """(model, pretrained): the recipe's model from a local weights file (or None: random initialization);
+    a sigmoid head for multi-label data, else a softmax."""
     shape = (image_size, image_size, 3)
     if is_hub_variant(variant):
         handle = hub_handle(variant)
@@ -84,8 +86,8 @@ def build_model(variant, weights_file, num_classes, image_size, dropout=0.0, see
         raise ValueError(f"weights_file={weights_file!r} is not a file: fetch the weights first "
                          "(recipe.prepare_weights), or pass None for random initialization.")
     model = regnet(variant, num_classes=num_classes, weights=weights_file, input_shape=shape, dropout=dropout,
-                   seed=seed, drop_path_rate=drop_path)
+                   seed=seed, drop_path_rate=drop_path, classifier_activation="sigmoid" if multi_label else "softmax")
     source = "random initialization" if weights_file is None else f"weights {weights_file}"
     print(f"Model: {variant} from {source}, {model.count_params():,} parameters, "
-          f"{num_classes}-class head.")
+          f"{num_classes}-class {'sigmoid (multi-label)' if multi_label else 'softmax'} head.")
     return model, weights_file is not None

@@ -10,7 +10,7 @@ from workbench.utils.figures import finish, plt
 
 
 def show_batch(data, n: int = 16, split: str = "train", path=None):
-    """Grid of the first `n` images of `data.train` (augmented) or `data.val`, titled by class."""
+    """Grid of the first `n` images of `data.train` (augmented) or `data.val`, titled by class (label sets)."""
     images, labels = [], []
     for x, y in getattr(data, split):
         images.append(x.numpy())
@@ -25,8 +25,11 @@ def show_batch(data, n: int = 16, split: str = "train", path=None):
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels):
         ax.imshow(np.clip(image, 0, 255).astype("uint8"))
-        label = np.argmax(label) if np.ndim(label) else label  # mixup / cutmix: one-hot, the largest share
-        ax.set_title(data.class_names[int(label)], fontsize=9)
+        if getattr(data, "multi_label", False):
+            title = ", ".join(data.class_names[i] for i in np.flatnonzero(label > 0.5)) or "-"
+        else:
+            title = data.class_names[int(np.argmax(label) if np.ndim(label) else label)]  # mixup: largest share
+        ax.set_title(title, fontsize=9)
     fig.suptitle(f"{split} batch ({data.image_size}x{data.image_size})")
     return finish(fig, path)
 

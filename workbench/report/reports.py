@@ -15,6 +15,7 @@ import numpy as np
 
 from workbench.data.pipeline import class_indices
 from workbench.models.contract import outputs_logits
+from workbench.report import classes, multilabel
 from workbench.report.gradcam import overlay_heatmap, report_heatmaps
 from workbench.utils.figures import finish, plt
 
@@ -110,7 +111,7 @@ def _history_of(obj) -> dict:
 
 
 def _accuracy_key(history: dict):
-    for key in ("accuracy", "acc", "sparse_categorical_accuracy"):
+    for key in ("accuracy", "acc", "sparse_categorical_accuracy", "map"):
         if key in history:
             return key
     return next((k for k in history if "acc" in k and not k.startswith("val_")), None)
@@ -140,7 +141,7 @@ def plot_training_curves(history_or_result, events=None, path=None):
         events = getattr(history_or_result, "events", None)
     acc = _accuracy_key(history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = (("loss", "loss", axes[0]), (acc, "accuracy", axes[1]))
+    panels = (("loss", "loss", axes[0]), (acc, "mAP" if acc == "map" else "accuracy", axes[1]))
     for key, title, ax in panels:
         drawn = False
         for name, style in ((key, "o-"), (f"val_{key}" if key else None, "s-")):
@@ -151,13 +152,13 @@ def plot_training_curves(history_or_result, events=None, path=None):
             epochs = np.arange(1, len(values) + 1)
             ax.plot(epochs, values, style, ms=4, label=("val" if name.startswith("val_") else "train"))
             drawn = True
-            if title == "accuracy" and name.startswith("val_") and np.isfinite(values).any():
+            if key == acc and name.startswith("val_") and np.isfinite(values).any():
                 best = int(np.nanargmax(values))
                 ax.plot(epochs[best], values[best], "*", ms=14, color="gold", mec="k",
                         label=f"best val {values[best]:.3f} (epoch {best + 1})")
         if not drawn:
             ax.text(0.5, 0.5, f"no {title} recorded", ha="center", va="center", transform=ax.transAxes)
-        if title == "accuracy" and drawn:
+        if key == acc and drawn:
             ax.set_ylim(-0.02, 1.02)
         _draw_events(ax, events)
         ax.set_xlabel("epoch")
@@ -226,11 +227,14 @@ def _plot_top(top, class_names, path=None, model=None):
 
 
 def plot_top_losses(model, data, n: int = 9, path=None, gradcam: bool = True):
-    """Grid of the `n` validation images with the highest loss, titled pred / actual / loss / prob.
+    """Grid of the `n` validation images with the highest loss, titled pred / actual / loss / prob (multi-label
+    data: the labels missed and added at thresholds chosen on these images).
 
-    gradcam: draw each image under the Grad-CAM heatmap of its predicted class (`wb.explain`).
+    gradcam: draw each image under the Grad-CAM heatmap of its predicted class (`wb.explain`; single-label).
     """
     class_names = getattr(data, "class_names", None)
+    if getattr(data, "multi_label", False):
+        return multilabel.evaluate(model, data.val, class_names, top_n=n)[1]["top_losses.png"](path)
     _, y_prob, top = _collect(model, data, top_n=n)
     if class_names is None:
         class_names = [str(i) for i in range(y_prob.shape[1])]
@@ -305,21 +309,36 @@ def _json_safe(value):
     return str(value)
 
 
+def _single_label(model, dataset, class_names, gradcam: bool = True) -> tuple[dict, dict]:
+    """(metrics, {picture file: draw(path)}) of a single-label model on `dataset`."""
+    y_true, y_prob, top = _collect(model, dataset, top_n=9)
+    y_pred = y_prob.argmax(axis=-1)
+    per_class = per_class_metrics(y_true, y_pred, class_names)
+    metrics = {"task": "single_label", "val_accuracy": float(np.mean(y_pred == y_true)),
+               "val_loss": float(np.mean(-np.log(np.clip(y_prob[np.arange(len(y_true)), y_true], _EPS, 1.0)))),
+               "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])), "num_val": int(len(y_true)),
+               "per_class": per_class, "confusion_matrix": confusion_matrix(y_true, y_pred, len(class_names))}
+    figures = {"confusion_matrix.png": lambda p: plot_confusion_matrix(y_true, y_pred, class_names, path=p),
+               "top_losses.png": lambda p: _plot_top(top, class_names, path=p, model=model if gradcam else None)}
+    return metrics, figures
+
+
 def write_report(model, data, result, output_dir, variant, extra=None, gradcam: bool = True) -> dict:
     """Evaluate on `data.val` and write metrics.json and the report pictures into `output_dir`.
 
-    Writes `metrics.json`, `training_curves.png`, `confusion_matrix.png`, `top_losses.png`
-    and `lr_schedule.png` (when the history has `lr`); returns the metrics. `result` is the
+    Writes `metrics.json`, `training_curves.png`, `confusion_matrix.png` (multi-label data:
+    `per_class_ap.png`, and the per-class thresholds in metrics.json), `top_losses.png` and
+    `lr_schedule.png` (when the history has `lr`); returns the metrics. `result` is the
     fine-tuning result (or a history dict / keras History, or None). The model is not saved here.
     `gradcam`: top_losses.png shows each image under its Grad-CAM heatmap (`wb.explain`).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = [str(c) for c in data.class_names]
-    y_true, y_prob, top = _collect(model, data.val, top_n=9)
-    y_pred = y_prob.argmax(axis=-1)
-    val_loss = float(np.mean(-np.log(np.clip(y_prob[np.arange(len(y_true)), y_true], _EPS, 1.0))))
-    per_class = per_class_metrics(y_true, y_pred, class_names)
+    if getattr(data, "multi_label", False):
+        task, figures = multilabel.evaluate(model, data.val, class_names)
+    else:
+        task, figures = _single_label(model, data.val, class_names, gradcam)
     history = {k: [float(np.asarray(v)) for v in vals] for k, vals in _history_of(result).items()}
     events = getattr(result, "events", None) or []
     epochs_run = getattr(result, "epochs_run", None)
@@ -327,20 +346,17 @@ def write_report(model, data, result, output_dir, variant, extra=None, gradcam: 
         epochs_run = max((len(v) for v in history.values()), default=0)
     metrics = {
         "variant": variant,
-        "val_accuracy": float(np.mean(y_pred == y_true)),
-        "val_loss": val_loss,
-        "macro_f1": float(np.mean([m["f1"] for m in per_class.values()])),
+        **task,
         "epochs_run": int(epochs_run),
         "best_epoch": getattr(result, "best_epoch", None),
         "best_val_accuracy": getattr(result, "best_val_accuracy", None),
         "class_names": class_names,
         "num_train": getattr(data, "num_train", None),
-        "num_val": int(len(y_true)),
-        "per_class": per_class,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, len(class_names)),
         "events": events,
         "history": history,
     }
+    if hasattr(data, "val_counts"):
+        metrics["class_counts"], metrics["notes"] = classes.class_counts(data), classes.unreliable(data.val_counts)
     for key in ("feature_cache_speedup", "precision", "strategy"):  # what the run used, when known
         if getattr(result, key, None) is not None:
             metrics[key] = getattr(result, key)
@@ -355,11 +371,7 @@ def write_report(model, data, result, output_dir, variant, extra=None, gradcam: 
     metrics.update(extra or {})
     metrics = _json_safe(metrics)
 
-    figures = {
-        "training_curves.png": lambda p: plot_training_curves(history, events=events, path=p),
-        "confusion_matrix.png": lambda p: plot_confusion_matrix(y_true, y_pred, class_names, path=p),
-        "top_losses.png": lambda p: _plot_top(top, class_names, path=p, model=model if gradcam else None),
-    }
+    figures = {"training_curves.png": lambda p: plot_training_curves(history, events=events, path=p), **figures}
     if history.get("lr"):
         figures["lr_schedule.png"] = lambda p: plot_lr_schedule(history["lr"], path=p, xlabel="epoch",
                                                                 events=events)

@@ -17,8 +17,7 @@ epochs (in progressive-resizing phases), result (with test-time augmentation).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -27,7 +26,7 @@ import tensorflow as tf
 from workbench.utils import checks, runtime
 from workbench.utils.say import Say
 
-from workbench.train import ema, progressive
+from workbench.train import ema, multilabel, progressive
 from workbench.train.bn_refresh import BNRefresh
 from workbench.train.checkpoints import Recorder, RunState, restore
 from workbench.models.contract import outputs_logits, trainable_candidates
@@ -37,6 +36,7 @@ from workbench.train.feature_cache import cache_features
 from workbench.models.layers import set_grouped_conv_implementation
 from workbench.train.discriminative import DiscriminativeOptimizer
 from workbench.train.precision import choose_precision, training_precision
+from workbench.train.result import FinetuneResult
 from workbench.train.lr_schedules import WarmupCosine
 from workbench.train.policy import TrainingPolicy, training_policy
 from workbench.train.settings import Optimization, Outputs, Runtime
@@ -44,40 +44,6 @@ from workbench.train.tta import check_model as check_tta_model, tta_accuracy
 from workbench.train.unfreeze import GradualUnfreezing
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-
-
-@dataclass
-class FinetuneResult:
-    """What a `finetune` run did: per-epoch history, unfreeze events, best epoch and the model."""
-
-    history: dict[str, list]
-    events: list[dict]
-    epochs_run: int
-    best_epoch: int | None
-    best_val_accuracy: float | None
-    model: keras.Model
-    feature_cache_speedup: float | None = None
-    resumed_at: int | None = None
-    output_dir: Path | None = None
-    log: list[str] = field(default_factory=list)
-    epoch_seconds: dict[int, float] = field(default_factory=dict)  # wall time of each epoch run here
-    precision: str = "float32"
-    precision_choice: dict = field(default_factory=dict)  # how "auto" was decided (precision.PrecisionChoice)
-    strategy: str = ""
-    policy: dict = field(default_factory=dict)         # the training policy actually used (policy.TrainingPolicy)
-    evaluation: dict = field(default_factory=dict)     # with tta: plain and test-time-augmented val accuracy
-    progressive: dict = field(default_factory=dict)    # with progressive: side per epoch, seconds saved
-
-    @property
-    def val_accuracy(self):
-        return self.best_val_accuracy
-
-    def summary(self) -> str:
-        best = (f"best val_accuracy {self.best_val_accuracy:.4f} at epoch {self.best_epoch + 1}"
-                if self.best_epoch is not None else "no validation")
-        speed = (f", head epochs {self.feature_cache_speedup:.1f}x faster on cached features"
-                 if self.feature_cache_speedup else "")
-        return f"{self.epochs_run} epochs, {best}{speed}"
 
 
 def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, lr_decay="auto",
@@ -118,7 +84,8 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
         then cosine to 1%); stage k trains at lr / lr_decay**depth, or at
         lr * multipliers[stage]. lr_decay "auto": 1 with unfreeze="auto", 2.6
         with a schedule given (`training_policy`).
-    class_weight: None, "balanced" (data.class_weights) or {index: weight}.
+    class_weight: None, "balanced" (data.class_weights) or {index: weight}; multi-label data: each class's
+        positive weight in the binary cross-entropy (whose monitor is then val_map, mean average precision).
     cache_features: train head-only epochs on backbone features computed once
         (augmentation off for those epochs).
     output_dir: checkpoints go to output_dir/checkpoints; an existing run there
@@ -147,6 +114,8 @@ def finetune(model, data, epochs: int = 10, *, unfreeze=None, lr: float = 1e-3, 
                                         class_weight=class_weight, warmup=warmup)
     setup = Runtime.checked(seed=seed, deterministic=deterministic, precision=precision, strategy=strategy,
                             jit_compile=jit_compile, cache_features=cache_features, verbose=verbose)
+    if multilabel.is_multi_label(data) and monitor == "val_accuracy":
+        monitor = multilabel.MONITOR  # mean average precision
     outputs = Outputs.checked(output_dir=output_dir, resume=resume, restore_best=restore_best, monitor=monitor,
                               callbacks=callbacks, tensorboard=tensorboard)
     parts = dict(unfreeze=unfreeze, lr_decay=lr_decay, augment=augment, ema=ema, tta=tta, progressive=progressive,
@@ -211,8 +180,9 @@ class _Run:
         self.augment = None if own_pipeline else policy.augment  # None: the loader's pipeline
         self.say = Say(setup.verbosity)
         self.log = self.say.lines
-        self.fit_kw = dict(verbose=setup.verbosity, class_weight=optimization.class_weights(data),
-                           shuffle=False)  # tf.data shuffles
+        self.multi_label = multilabel.is_multi_label(data)
+        self.fit_kw = dict(verbose=setup.verbosity, shuffle=False,  # tf.data shuffles; multi-label: weights in the loss
+                           class_weight=None if self.multi_label else optimization.class_weights(data))
         self.callbacks = list(outputs.callbacks)
         self.speedup = self.resumed_at = self.bn_refresh = None
         self.stopped = False  # a callback stopped training (EarlyStopping, a time budget): no later phase runs
@@ -243,7 +213,9 @@ class _Run:
                 self.say(f"Cloned the model into {type(self.strategy).__name__}.scope() "
                          f"({self.strategy.num_replicas_in_sync} replicas).")
         self.model = model
-        if self.chosen.tta:
+        if self.multi_label:
+            multilabel.check_model(model, self.chosen.tta)
+        elif self.chosen.tta:
             check_tta_model(model)
         self.schedule = self.chosen.unfreeze.check(model, self.epochs)
         out_units, data = model.outputs[0].shape[-1], self.data
@@ -278,9 +250,11 @@ class _Run:
                                                      multipliers=opt.multipliers)
             if setup.precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
-            loss = keras.losses.CategoricalCrossentropy(label_smoothing=opt.label_smoothing,
-                                                        from_logits=outputs_logits(self.model))
-            self.compile_kw = dict(loss=loss, metrics=["accuracy"], jit_compile=setup.jit_compile)
+            loss, metrics = (multilabel.loss_and_metrics(self.model, self.data, opt.label_smoothing,
+                                                         opt.class_weights(self.data)) if self.multi_label else
+                             (keras.losses.CategoricalCrossentropy(label_smoothing=opt.label_smoothing,
+                                                                   from_logits=outputs_logits(self.model)), ["accuracy"]))
+            self.compile_kw = dict(loss=loss, metrics=metrics, jit_compile=setup.jit_compile)
             self.model.compile(optimizer=self.optimizer, **self.compile_kw)
             self.optimizer.build(trainable_candidates(self.model))
         if self.model.jit_compile:
@@ -389,7 +363,7 @@ class _Run:
                      f"{evaluation['val_accuracy']:.4f} plain, {evaluation['tta_val_accuracy']:.4f} with TTA.")
         return FinetuneResult(history=dict(state["history"]), events=state["events"],
                               epochs_run=state["epoch"] + 1, best_epoch=best_epoch,
-                              best_val_accuracy=state["best_value"], model=self.model,
+                              best_val_accuracy=state["best_value"], model=self.model, monitor=self.outputs.monitor,
                               feature_cache_speedup=self.speedup, resumed_at=self.resumed_at,
                               output_dir=self.outputs.output_dir, log=self.log,
                               epoch_seconds=dict(recorder.epoch_seconds), precision=self.setup.precision,

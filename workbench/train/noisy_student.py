@@ -35,7 +35,8 @@ import numpy as np
 from workbench.data import augment as augmentation
 from workbench.utils import checks
 from workbench.utils.say import Say
-from workbench.train.finetune import FinetuneResult, finetune
+from workbench.train.finetune import finetune
+from workbench.train.result import FinetuneResult
 from workbench.data.folders import scan_unlabeled, unlabeled_batches, with_extra_images
 from workbench.data.pipeline import class_indices
 from workbench.train.pseudo_labels import Predictor, select
@@ -151,6 +152,9 @@ def noisy_student(data, unlabeled_dir, teacher, student=None, *, rounds: int = 1
     checks.fraction("dropout", dropout)
     checks.fraction("drop_path", drop_path)
     noise = augmentation.parse(noise, "none")
+    if getattr(data, "multi_label", False):
+        raise ValueError("noisy_student pseudo-labels each unlabelled image with one class (its top class); "
+                         "multi-label data has label sets: train it with wb.finetune, without unlabelled images.")
     if getattr(data, "files", None) is None:
         raise ValueError("noisy_student needs labelled data from wb.load_folder: the student's training set "
                          "is its image files plus the pseudo-labelled ones.")
