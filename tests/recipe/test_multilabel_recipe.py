@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import slow
 
+import workbench as wb
 from workbench.data.sample import sample_multilabel
 from workbench.deploy.export import tflite_predict
 from workbench.train.multilabel import f1_scores, predict_sets
@@ -42,7 +43,7 @@ def _images(root, split, size):
     images = np.stack([tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(str(root / "images" / r[0])), 3),
                                        (size, size)).numpy() for r in rows])
     truth = np.array([[n in r[1].split("|") for n in names] for r in rows], "int64")
-    return images, truth
+    return images, truth, [root / "images" / r[0] for r in rows]
 
 
 @slow
@@ -68,7 +69,7 @@ def test_multi_label_recipe_end_to_end(tmp_path):
                                                                                      "thresholds.json")).read_text())
         assert written == metrics["thresholds"]
 
-    images, truth = _images(root, "test", 32)
+    images, truth, files = _images(root, "test", 32)
     model = keras.models.load_model(out / "model.keras")
     ours = model.predict(images, verbose=0)
     sets = predict_sets(ours, thresholds)
@@ -83,3 +84,13 @@ def test_multi_label_recipe_end_to_end(tmp_path):
 
     chosen, half = f1_scores(truth, sets)["macro_f1"], f1_scores(truth, predict_sets(ours, 0.5))["macro_f1"]
     assert chosen > half, (chosen, half)   # on held-out mosaics, gravel rare
+
+    # wb.predict reads the run's thresholds beside each model and gives the same label sets.
+    predicted = {path: wb.predict(out / path, files) for path in
+                 ("model.keras", "export/saved_model", "export/tflite/model_float32.tflite")}
+    for path, preds in predicted.items():
+        assert preds.thresholds == metrics["thresholds"] and preds.label_sets == predicted["model.keras"].label_sets
+    _, val_truth, val_files = _images(root, "val", 32)
+    val_sets = wb.predict(out / "model.keras", val_files).label_sets
+    exact = np.mean([s == [n for n, on in zip(names, row) if on] for s, row in zip(val_sets, val_truth)])
+    assert exact == pytest.approx(metrics["val_accuracy"])  # the run's own figure (every label right)
