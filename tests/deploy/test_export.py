@@ -13,7 +13,8 @@ from PIL import Image
 import workbench as wb
 from conftest import tiny_regnet
 from workbench.models.contract import feature_extractor
-from workbench.deploy.export import FORMATS, export, export_all, tflite_predict
+from workbench.deploy.export import FORMATS, export, export_all
+from workbench.deploy.tflite import tflite_predict
 from workbench.data.sample import sample_dataset
 
 SIZE = 64
@@ -171,7 +172,7 @@ def test_unknown_format_is_rejected_before_writing(trained, tmp_path):
         export_all(model, tmp_path / "run", "keras,bogus")
     assert not (tmp_path / "run").exists()
     assert export_all(model, tmp_path / "none", "") == {}
-    assert FORMATS == ("keras", "saved_model", "hub", "tflite")
+    assert FORMATS == ("keras", "saved_model", "hub", "tflite", "tflite_int8")
 
 
 def test_class_names_must_match_outputs(trained, tmp_path):

@@ -54,6 +54,12 @@ def save_outputs(result, data, output_dir, variant, export, extra=None) -> dict:
     metrics = write_report(result.model, data, result, out, variant, extra=extra)
     result.model.save(out / "model.keras")
     if export:
-        metrics["exports"] = export_all(result.model, out, export, data.class_names)
+        metrics["exports"] = export_all(result.model, out, export, data.class_names,
+                                        calibration=_training_images(data), validation=data.val)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return {**metrics, "output_dir": str(out)}
+
+
+def _training_images(data):
+    """The training images without augmentation (the int8 export's calibration), else the training batches."""
+    return data.train_plain if data.train_plain is not None else data.train
