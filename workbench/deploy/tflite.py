@@ -5,16 +5,28 @@
   input size; output: float32 probabilities.
 - "tflite_int8": `model_int8.tflite`, int8 weights (per channel) and int8
   activations, calibrated on `CALIBRATION_IMAGES` of the run's training images
-  (the training pipeline without augmentation). Input **uint8**: the raw RGB
-  pixels as they are (quantization scale 1, zero point 0: the calibration pins
-  the input range to [0, 255]); output **uint8** probabilities (scale 1/256,
-  zero point 0), as the Edge TPU, NNAPI and Arm NPU toolchains take. Every op is
-  an int8 builtin (`TFLITE_BUILTINS_INT8`): the converter refuses a model that
-  would keep a float op.
+  (the training pipeline without augmentation, drawn at random). Input **uint8**:
+  the raw RGB pixels as they are (quantization scale 1, zero point 0: the
+  calibration pins the input range to [0, 255]); output **uint8** probabilities
+  (scale 1/256, zero point 0), as the Edge TPU, NNAPI and Arm NPU toolchains
+  take. Every op is an int8 builtin (`TFLITE_BUILTINS_INT8`, no float fallback).
 
-Grouped convolutions are lowered to plain CONV_2D ops (`lowered_grouped_convs`):
-TensorFlow's converter fails on a grouped convolution in full-integer mode
-(tensorflow/tensorflow#61760) and LiteRT runs one only on its reference kernel.
+Grouped convolutions are lowered to plain CONV_2D ops, one per group between a
+SPLIT and a CONCATENATION (`lowered_grouped_convs`): NPU compilers and TFLite's
+builtin kernels have no fast grouped CONV_2D (TensorFlow's converter used to fail
+on one in full-integer mode, tensorflow/tensorflow#61760). The forms measured
+(`python -m workbench.bench.int8 --lowering`, docs/int8.md; RegNetY-200MF, 128 px,
+one image, one thread, ms, XNNPACK / builtin kernels): per group 2.5 / 5.6 float32,
+1.4 / 2.6 int8; chunks of 16 channels (block-diagonal kernels) 2.3 / 3.5 float32,
+refused in int8 (the masked kernel is quantized as an activation, zero point != 0);
+one block-diagonal conv 19.6 / 24.2 float32, refused in int8; the native grouped op
+1.7 / 7.5 float32, 0.7 / 10.2 int8 (XNNPACK runs it, the builtin kernels only on
+their reference path).
+
+The int8 defaults are the measured ones (docs/int8.md): per-channel weights,
+int8 activations, 300 calibration images, every op quantized. RegNetY's
+squeeze-excitation (ReLU, sigmoid; no SiLU in RegNetX/Y) cost no accuracy worth
+keeping in float, and 16x8 activations run 10-20x slower (no optimized int16 kernels).
 With `validation` (batches of images and labels) each export also measures,
 on those images, the top-1 of the Keras model and of each .tflite, with its
 size and single-image latency in the interpreter (`accuracy_table`).
