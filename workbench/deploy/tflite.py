@@ -57,8 +57,8 @@ GROUPS_PER_CONV = 1
 def lowered_grouped_convs(model: keras.Model, groups_per_conv=GROUPS_PER_CONV):
     """Trace every GroupConv2D of `model` as dense convolutions of `groups_per_conv` groups each
     (None: the training default, about 16 input channels per conv; a large number: one block-diagonal conv)."""
-    layers = [l for l in model._flatten_layers(include_self=False) if isinstance(l, GroupConv2D)]
-    saved = [l.groups_per_conv for l in layers]
+    layers = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, GroupConv2D)]
+    saved = [layer.groups_per_conv for layer in layers]
     for layer in layers:
         layer.groups_per_conv = groups_per_conv
     try:
@@ -80,8 +80,12 @@ def converter(model: keras.Model, kind: str = "float32", calibration=None, group
     """A TFLiteConverter for `model` on 0-255 images: `kind` "float32", "dynamic_range" or "int8".
 
     int8 needs `calibration`, an array of 0-255 images (`representative_images`);
-    `activations16` quantizes activations to int16 instead (16x8, int16 input and output).
+    `activations16` quantizes activations to int16 instead (16x8, int16 input and output);
+    `per_channel=False` quantizes each weight tensor with one scale. Grouped convolutions are
+    traced as `lowered_grouped_convs(model, groups_per_conv)`.
     """
+    if kind not in FILES:
+        raise ValueError(f"Unknown TFLite kind {kind!r}: {', '.join(FILES)}.")
     h, w = input_size(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")], autograph=False)
@@ -108,8 +112,6 @@ def converter(model: keras.Model, kind: str = "float32", calibration=None, group
         io = tf.int16 if activations16 else tf.uint8
         conv.inference_input_type = conv.inference_output_type = io
         conv._experimental_disable_per_channel = not per_channel
-    elif kind != "dynamic_range" and kind != "float32":
-        raise ValueError(f"Unknown TFLite kind {kind!r}: float32, dynamic_range or int8.")
     return conv
 
 
@@ -117,7 +119,7 @@ def _representative(images):
     """The converter's calibration generator: one image at a time, the input range pinned to [0, 255]."""
     images = np.array(images, np.float32)  # a copy
     # One pixel at 0 and one at 255 make the calibrated input range exactly [0, 255]: uint8 scale 1,
-    # zero point 0, so raw pixels go in unchanged (a single pixel of one image moves no other range).
+    # zero point 0, so raw pixels go in unchanged (two pixels of one image barely move other ranges).
     images[0, 0, 0, :], images[0, 0, 1, :] = 0.0, 255.0
 
     def generate():
