@@ -115,3 +115,15 @@ def test_calibration_draws_from_every_class():
     assert set(picked[:, 0, 0, 0]) == set(range(10))
     again = tflite.representative_images(images, (4, 4), 50)
     assert len(set(again[:, 0, 0, 0])) == 10
+
+
+def test_float_export_reports_accuracy_too(run, tmp_path):
+    data, result, _ = run
+    images, labels = validation_arrays(data)
+    out = export(result.model, tmp_path / "tflite", "tflite", data.class_names, verbose=False,
+                 validation=(images, labels))
+    rows = {r["format"]: r for r in out["accuracy"]["rows"]}
+    assert list(rows) == ["keras", "float32", "dynamic_range"]
+    assert rows["float32"]["top1"] == rows["keras"]["top1"] == pytest.approx(
+        np.mean(result.model.predict(images, verbose=0).argmax(-1) == labels))
+    assert out["io"]["input"] == "float32" and (tmp_path / "tflite" / "model_float32_accuracy.txt").is_file()
