@@ -85,6 +85,18 @@ def test_accuracy_table_in_metrics_and_report(run):
     assert saved["exports"]["tflite_int8"]["calibration_images"] == 240  # every training photo (< 300)
 
 
+def test_export_report_prints_the_table(run, capsys):
+    from workbench.deploy.export import _report
+    result = run[2]["exports"]["tflite_int8"]
+    _report(result)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Exported tflite_int8 to ") and lines[0].endswith("model_int8.tflite (0.4 MB)")
+    table = {line.split()[0]: line.split()[1:] for line in lines[3:]}
+    assert list(table) == ["keras", "float32", "dynamic_range", "int8"]
+    for row in result["accuracy"]["rows"]:
+        assert table[row["format"]][:2] == [f"{row['top1']:.3f}", f"{row['top1_agreement']:.3f}"]
+
+
 def test_grouped_convolutions_are_lowered(run):
     """No grouped CONV_2D reaches the flatbuffer; traced natively, the same model has them."""
     _, result, metrics = run
