@@ -18,7 +18,7 @@ on one in full-integer mode, tensorflow/tensorflow#61760). The forms measured
 (`python -m workbench.bench.int8 --lowering`, docs/int8.md; RegNetY-200MF, 128 px,
 one image, one thread, ms, XNNPACK / builtin kernels): per group 2.5 / 5.6 float32,
 1.4 / 2.6 int8; chunks of 16 channels (block-diagonal kernels) 2.3 / 3.5 float32,
-refused in int8 (the masked kernel is quantized as an activation, zero point != 0);
+refused in int8 (the masked kernel stays an op output, quantized as an activation);
 one block-diagonal conv 19.6 / 24.2 float32, refused in int8; the native grouped op
 1.7 / 7.5 float32, 0.7 / 10.2 int8 (XNNPACK runs it, the builtin kernels only on
 their reference path).
