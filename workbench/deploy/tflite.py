@@ -16,18 +16,18 @@ SPLIT and a CONCATENATION (`lowered_grouped_convs`): NPU compilers and TFLite's
 builtin kernels have no fast grouped CONV_2D (TensorFlow's converter used to fail
 on one in full-integer mode, tensorflow/tensorflow#61760). The forms measured
 (`python -m workbench.bench.int8 --lowering`, docs/int8.md; RegNetY-200MF, 128 px,
-one image, one thread, ms, XNNPACK / builtin kernels): per group 2.5 / 5.6 float32,
-1.4 / 2.6 int8; chunks of 16 channels (block-diagonal kernels) 2.3 / 3.5 float32,
+one image, one thread, ms, XNNPACK / builtin kernels): per group 2.1 / 3.3 float32,
+1.1 / 2.5 int8; chunks of 16 channels (block-diagonal kernels) 1.9 / 3.3 float32,
 refused in int8 (the masked kernel stays an op output, quantized as an activation);
-one block-diagonal conv 19.6 / 24.2 float32, refused in int8; the native grouped op
-1.7 / 7.5 float32, 0.7 / 10.2 int8 (XNNPACK runs it, the builtin kernels only on
+one block-diagonal conv 13.7 / 13.5 float32, refused in int8; the native grouped op
+1.4 / 5.3 float32, 0.6 / 6.4 int8 (XNNPACK runs it, the builtin kernels only on
 their reference path).
 
 The int8 defaults are the measured ones (docs/int8.md): per-channel weights,
 int8 activations, 300 calibration images, every op quantized. RegNetY's
 squeeze-excitation (ReLU, sigmoid; no SiLU in RegNetX/Y) cost no accuracy worth
-keeping in float, and 16x8 activations run 10-20x slower (no optimized int16 kernels).
-With `validation` (batches of images and labels) each export also measures,
+keeping in float, and 16x8 activations run 14-20x slower than int8 (TFLite has no
+optimized int16 kernels). With `validation` (batches of images and labels) each export also measures,
 on those images, the top-1 of the Keras model and of each .tflite, with its
 size and single-image latency in the interpreter (`accuracy_table`).
 """
