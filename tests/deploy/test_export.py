@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import tiny_regnet
 from workbench.models.contract import feature_extractor
-from workbench.deploy.export import FORMATS, export, export_all, tflite_predict
+from workbench.deploy.export import FORMATS, export, export_all
+from workbench.deploy.tflite import tflite_predict
 from workbench.data.sample import sample_dataset
 
 SIZE = 64
@@ -164,13 +165,13 @@ def test_hub_format_is_a_feature_vector(trained, exported):
 
 def test_unknown_format_is_rejected_before_writing(trained, tmp_path):
     model = trained[0]
-    with pytest.raises(ValueError, match="keras, saved_model, hub, tflite, onnx"):
+    with pytest.raises(ValueError, match="keras, saved_model, hub, tflite, tflite_int8, onnx"):
         export(model, tmp_path / "x", "pb")
     with pytest.raises(ValueError, match="'bogus'"):
         export_all(model, tmp_path / "run", "keras,bogus")
     assert not (tmp_path / "run").exists()
     assert export_all(model, tmp_path / "none", "") == {}
-    assert FORMATS == ("keras", "saved_model", "hub", "tflite", "onnx")
+    assert FORMATS == ("keras", "saved_model", "hub", "tflite", "tflite_int8", "onnx")
 
 
 def test_class_names_must_match_outputs(trained, tmp_path):

@@ -12,7 +12,7 @@ from conftest import slow
 
 import workbench as wb
 from workbench.data.sample import sample_multilabel
-from workbench.deploy.export import tflite_predict
+from workbench.deploy.tflite import tflite_predict
 from workbench.train.multilabel import f1_scores, predict_sets
 
 pm = pytest.importorskip("papermill")

@@ -1,4 +1,4 @@
-"""Export a fine-tuned model in the forms people deploy: .keras, SavedModel, TF Hub, TFLite, ONNX.
+"""Export a fine-tuned model in the forms people deploy: .keras, SavedModel, TF Hub, TFLite (float, int8), ONNX.
 
 Every export takes raw RGB images with values 0-255, like the Keras model.
 
@@ -6,6 +6,8 @@ Every export takes raw RGB images with values 0-255, like the Keras model.
     wb.export(model, "out/saved_model", "saved_model", class_names)
     wb.export(model, "out/hub", "hub")
     wb.export(model, "out/tflite", "tflite", class_names)
+    wb.export(model, "out/int8", "tflite_int8", class_names, calibration=data.train_plain,
+              validation=data.val)
     wb.export_all(model, "runs/flowers", "saved_model,tflite", class_names)
 
 - "keras": the Keras 3 model file (reload with `keras.saving.load_model`).
@@ -27,30 +29,41 @@ Every export takes raw RGB images with values 0-255, like the Keras model.
   `input_range` (a variable holding `[0, 255]`), which `wb.hub_classifier` reads.
 - "tflite": `model_float32.tflite` and `model_dynamic_range.tflite` (int8
   weights, float activations), plus `labels.txt`. Input: float32 0-255 images
-  of the model's input size; output: probabilities. Both files are checked
-  against the Keras model on real sample images; the figures are returned.
-- "onnx": `model.onnx` (probabilities out, input as "tflite") and `labels.txt`,
-  written by Keras' exporter through tf2onnx and checked in onnxruntime
-  (`workbench.deploy.onnx`).
+  of the model's input size; output: probabilities.
+- "tflite_int8": `model_int8.tflite`, full-integer (int8 weights and
+  activations, uint8 input taking the raw pixels, uint8 probabilities),
+  calibrated on `calibration` (the run's training images), plus `labels.txt`.
+  See `workbench.deploy.tflite` for both TFLite formats.
+- "onnx": `model.onnx` (probabilities out, 0-255 images of the model's input
+  size in) and `labels.txt`, written by Keras' exporter through tf2onnx and
+  checked in onnxruntime (`workbench.deploy.onnx`).
+
+Every .tflite is checked against the Keras model on real sample images. With
+`validation` (the run's validation batches of images and labels) the TFLite
+exports also report the top-1 of the Keras model and of each .tflite (float32,
+dynamic-range and, for "tflite_int8", int8) on those images, with file sizes and
+single-image latencies (`accuracy` in the result, printed by the report).
+A multi-label model's `thresholds` go as `thresholds.json` beside each labels file.
 """
 from __future__ import annotations
 
 import json
-import os
+from functools import partial
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from workbench.deploy import tflite
 from workbench.deploy.onnx import export_onnx
+from workbench.deploy.tflite import input_size
 from workbench.models.contract import feature_extractor, probabilities
 from workbench.models.layers import portable_graphs
 
-FORMATS = ("keras", "saved_model", "hub", "tflite", "onnx")
-DEFAULT_IMAGE_SIZE = 224
+FORMATS = ("keras", "saved_model", "hub", "tflite", "tflite_int8", "onnx")
 EXPORT_DIR = "export"
-_NAMES = {"keras": "model.keras", "saved_model": "saved_model", "hub": "hub", "tflite": "tflite", "onnx": "onnx"}
+_NAMES = {"keras": "model.keras", "saved_model": "saved_model", "hub": "hub", "tflite": "tflite",
+          "tflite_int8": "tflite_int8", "onnx": "onnx"}
 
 
 def parse_formats(formats) -> list[str]:
@@ -72,7 +85,7 @@ def parse_formats(formats) -> list[str]:
 
 
 def export(model: keras.Model, path, format: str, class_names=None, sample_images=None,
-           verbose: bool = True, thresholds=None) -> dict:
+           verbose: bool = True, calibration=None, validation=None, thresholds=None) -> dict:
     """Write `model` to `path` in `format` (one of FORMATS); return what was written.
 
     The result is a JSON-friendly dict with at least `format`, `path` and
@@ -80,8 +93,13 @@ def export(model: keras.Model, path, format: str, class_names=None, sample_image
     `max_abs_diff` of probabilities and `top1_agreement` with the Keras model
     on `sample_images`: an array of 0-255 images, a dataset of
     `(images, labels)`, or None for the built-in sample photos).
-    `thresholds` ({class name: float}, a multi-label model's decision
-    thresholds) is written as JSON beside each labels file ("thresholds.json").
+    calibration: "tflite_int8"'s calibration images (required there), the
+    run's training images: a dataset of `(images, labels)` or an array.
+    validation: the run's validation data, a dataset of `(images, labels)` or
+    an `(images, labels)` pair; the TFLite formats then add `accuracy`
+    (`tflite.accuracy_table`).
+    thresholds: {class name: float}, a multi-label model's decision
+    thresholds, written as JSON beside each labels file ("thresholds.json").
     """
     fmts = parse_formats(format if isinstance(format, str) else [format])
     if len(fmts) != 1:
@@ -92,40 +110,33 @@ def export(model: keras.Model, path, format: str, class_names=None, sample_image
         raise TypeError(f"export() needs a keras.Model, got {type(model).__name__}.")
     class_names = _check_class_names(model, class_names)
     writer = {"keras": _export_keras, "saved_model": _export_saved_model, "hub": _export_hub,
-              "tflite": _export_tflite, "onnx": _export_onnx}[fmt]
+              "tflite": partial(tflite.export_float, validation=validation),
+              "tflite_int8": partial(tflite.export_int8, calibration=calibration, validation=validation),
+              "onnx": _export_onnx}[fmt]
     with portable_graphs():  # a graph every TensorFlow build (and TFLite) runs
         result = writer(model, Path(path).expanduser(), class_names, sample_images)
-    result = {"format": fmt, **result}
     if thresholds:
         _write_thresholds(Path(result["path"]), thresholds)
+    result = {"format": fmt, **result}
     if verbose:
         _report(result)
     return result
 
 
 def export_all(model: keras.Model, output_dir, formats, class_names=None, sample_images=None,
-               verbose: bool = True, thresholds=None) -> dict:
+               verbose: bool = True, calibration=None, validation=None, thresholds=None) -> dict:
     """Export `model` in each of `formats` ("saved_model,tflite" or a list) under `output_dir/export/`.
 
     Format names are all validated before anything is written. Returns
-    `{format: result of export()}`.
+    `{format: result of export()}`; `calibration`, `validation` and `thresholds` as `export`.
     """
     fmts = parse_formats(formats)
     root = Path(output_dir).expanduser() / EXPORT_DIR
-    return {fmt: export(model, root / _NAMES[fmt], fmt, class_names, sample_images, verbose, thresholds)
-            for fmt in fmts}
+    return {fmt: export(model, root / _NAMES[fmt], fmt, class_names, sample_images, verbose, calibration,
+                        validation, thresholds) for fmt in fmts}
 
 
 # ---------------------------------------------------------------- helpers
-
-def input_size(model: keras.Model) -> tuple[int, int]:
-    """The (height, width) the model is fed; DEFAULT_IMAGE_SIZE where it accepts any size."""
-    shape = model.input_shape
-    if isinstance(shape, list):
-        shape = shape[0]
-    h, w = shape[1], shape[2]
-    return int(h or DEFAULT_IMAGE_SIZE), int(w or DEFAULT_IMAGE_SIZE)
-
 
 def _check_class_names(model, class_names):
     if class_names is None:
@@ -156,6 +167,8 @@ def _report(result):
     for name, check in result.get("check", {}).items():
         print(f"  {name}: max |p - p_keras| = {check['max_abs_diff']:.2e}, "
               f"top-1 agreement {check['top1_agreement']:.1%} on {check['images']} images")
+    if "accuracy" in result:
+        print(tflite.format_table(result["accuracy"]))
 
 
 def _directory(path: Path) -> Path:
@@ -248,121 +261,6 @@ def _export_hub(model, path, class_names, sample_images):
             "feature_dim": int(backbone.output_shape[-1]), "input_size": list(input_size(model))}
 
 
-def _tflite_converters(model):
-    """Float32 and dynamic-range converters for one traced inference function."""
-    h, w = input_size(model)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")], autograph=False)
-    def infer(images):
-        return {"probabilities": probabilities(model, model(images, training=False))}
-
-    function = infer.get_concrete_function()
-    # The converter freezes the variables it finds on this object; a Keras 3 model does not
-    # expose its tf.Variables as trackable children, so list them explicitly.
-    root = tf.__internal__.tracking.AutoTrackable()
-    root.variables = [v.value for v in model.weights]
-    root.infer = infer
-    converters = {}
-    for kind in ("float32", "dynamic_range"):
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], root)
-        if kind == "dynamic_range":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
-        converters[kind] = converter
-    return converters
-
-
-def _convert(converter, kind) -> bytes:
-    try:
-        return converter.convert()
-    except Exception as err:  # noqa: BLE001 - re-raised with context
-        raise RuntimeError(f"TFLite conversion ({kind}) failed: {err}") from err
-
-
-def _export_tflite(model, path, class_names, sample_images):
-    if path.suffix == ".tflite":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        files = {"float32": path, "dynamic_range": path.with_name(path.stem + "_dynamic_range.tflite")}
-        labels = path.with_name(path.stem + "_labels.txt")
-    else:
-        folder = _directory(path)
-        files = {"float32": folder / "model_float32.tflite",
-                 "dynamic_range": folder / "model_dynamic_range.tflite"}
-        labels = folder / "labels.txt"
-    converters = _tflite_converters(model)
-    for kind, file in files.items():
-        file.write_bytes(_convert(converters[kind], kind))
-    if class_names:
-        labels.write_text("\n".join(class_names) + "\n")
-    images = _sample_images(sample_images, input_size(model))
-    check = {kind: check_tflite(file, model, images) for kind, file in files.items()}
-    return {"path": str(files["float32"]), "size_bytes": _size(files["float32"]),
-            "files": {k: {"path": str(f), "size_bytes": _size(f)} for k, f in files.items()},
-            "check": check}
-
-
 def _export_onnx(model, path, class_names, sample_images):
     size = input_size(model)
-    return export_onnx(model, path, class_names, _sample_images(sample_images, size), size)
-
-
-# ---------------------------------------------------------------- TFLite check
-
-def tflite_predict(tflite_file, images, batch_size: int = 16) -> np.ndarray:
-    """Run a .tflite export on 0-255 images (N, H, W, 3); return probabilities (N, classes)."""
-    interpreter = tf.lite.Interpreter(model_path=str(tflite_file), num_threads=os.cpu_count())
-    inp = interpreter.get_input_details()[0]
-    out_index = interpreter.get_output_details()[0]["index"]
-    images = np.asarray(images, np.float32)
-    outputs, current = [], None
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        if batch.shape != current:
-            interpreter.resize_tensor_input(inp["index"], batch.shape)
-            interpreter.allocate_tensors()
-            current = batch.shape
-        interpreter.set_tensor(inp["index"], batch)
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(out_index).copy())
-    return np.concatenate(outputs)
-
-
-def check_tflite(tflite_file, model: keras.Model, images) -> dict:
-    """Compare a .tflite export with the Keras model on `images`: max |dp| and top-1 agreement."""
-    images = np.asarray(images, np.float32)
-    expected = np.asarray(probabilities(model, model.predict(images, batch_size=16, verbose=0)))
-    got = tflite_predict(tflite_file, images)
-    return {"images": int(len(images)),
-            "max_abs_diff": float(np.max(np.abs(got - expected))),
-            "top1_agreement": float(np.mean(got.argmax(-1) == expected.argmax(-1)))}
-
-
-def _sample_images(sample_images, size, limit: int = 64) -> np.ndarray:
-    """Images (N, h, w, 3) in 0-255 for the TFLite check, resized to the model's input size."""
-    if sample_images is None:
-        sample_images = _builtin_samples()
-    if isinstance(sample_images, tf.data.Dataset):
-        batches, n = [], 0
-        for batch in sample_images:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            batches.append(np.asarray(x, np.float32))
-            n += len(batches[-1])
-            if n >= limit:
-                break
-        sample_images = np.concatenate(batches)
-    images = np.asarray(sample_images, np.float32)[:limit]
-    if images.ndim != 4 or images.shape[-1] != 3 or not len(images):
-        raise ValueError(f"sample_images must be RGB images shaped (N, height, width, 3), "
-                         f"got shape {images.shape}.")
-    if images.shape[1:3] != tuple(size):
-        images = _resize(images, size).numpy()
-    return images
-
-
-def _builtin_samples() -> np.ndarray:
-    """The validation photos of `wb.sample_dataset()` (real textures, offline)."""
-    from PIL import Image
-
-    from workbench.data.sample import sample_dataset
-
-    files = sorted((sample_dataset() / "val").rglob("*.jpg"))
-    return np.stack([np.asarray(Image.open(f).convert("RGB"), np.float32) for f in files])
+    return export_onnx(model, path, class_names, tflite.check_images(sample_images, size), size)

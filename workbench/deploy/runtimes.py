@@ -21,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from workbench.data.pipeline import error_reason
-from workbench.deploy.export import input_size
+from workbench.deploy import tflite
+from workbench.deploy.tflite import input_size
 from workbench.deploy.onnx import onnx_session
 from workbench.models.contract import outputs_logits
 from workbench.models.fold import fold_batchnorm
@@ -120,25 +121,8 @@ def _resize_target(function) -> tuple[int, int]:
                      f"wb.export(..., 'saved_model') writes it; expected {EXPECTED}.")
 
 
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Float32 -> the tensor's dtype: int8 / uint8 by its scale and zero point, else a cast."""
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = detail["quantization"]
-    if dtype.kind in "iu" and scale:
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-    return x.astype(dtype)
-
-
-def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero = detail["quantization"]
-    if y.dtype.kind in "iu" and scale:
-        return (y.astype(np.float32) - zero) * scale
-    return y.astype(np.float32)
-
-
 def _tflite_runtime(path: Path) -> Runtime:
-    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    interpreter = tflite.interpreter(path)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     shape = [None]
 
@@ -147,9 +131,9 @@ def _tflite_runtime(path: Path) -> Runtime:
             interpreter.resize_tensor_input(inp["index"], images.shape)
             interpreter.allocate_tensors()
             shape[0] = images.shape
-        interpreter.set_tensor(inp["index"], _quantize(images, inp))
+        interpreter.set_tensor(inp["index"], tflite.quantize(images, inp))
         interpreter.invoke()
-        return _dequantize(interpreter.get_tensor(out["index"]), out)
+        return tflite.dequantize(interpreter.get_tensor(out["index"]), out)
 
     h, w = (int(d) for d in inp["shape"][1:3])
     return Runtime(path, (h, w), False, lambda batches: _batches_to_numpy(batches, run))

@@ -63,6 +63,13 @@ def save_outputs(result, data, output_dir, variant, export, extra=None) -> dict:
     result.model.save(out / "model.keras")
     if export:
         metrics["exports"] = export_all(result.model, out, export, data.class_names,
+                                        calibration=_training_images(data),
+                                        validation=None if data.multi_label else data.val,  # top-1 tables
                                         thresholds=metrics.get("thresholds"))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return {**metrics, "output_dir": str(out)}
+
+
+def _training_images(data):
+    """The training images without augmentation (the int8 export's calibration), else the training batches."""
+    return data.train_plain if data.train_plain is not None else data.train
