@@ -26,7 +26,7 @@ def fake_timer(monkeypatch, seconds):
     return calls
 
 
-@pytest.mark.parametrize("bf16_seconds, chosen", [(0.5, "mixed_bfloat16"), (0.97, "float32"), (1.3, "float32")])
+@pytest.mark.parametrize("bf16_seconds, chosen", [(0.5, "mixed_bfloat16"), (0.9, "float32"), (1.3, "float32")])
 def test_auto_takes_bf16_only_when_clearly_faster_and_caches_the_timing(native_bf16, monkeypatch, bf16_seconds,
                                                                        chosen):
     calls = fake_timer(monkeypatch, {"float32": 1.0, "mixed_bfloat16": bf16_seconds})
