@@ -142,16 +142,16 @@ def test_float_export_reports_accuracy_too(run, tmp_path):
 
 
 @slow
-def test_lowered_int8_runs_faster_than_float_on_regnety_200mf():
-    """RegNetY-200MF's grouped convs lowered: int8 faster than float32 per image, with XNNPACK and on the builtin
-    kernels (measured 1.8x and 1.3x at 128 px, docs/int8.md), so no grouped conv is left on a reference kernel."""
+def test_regnety_200mf_converts_with_every_grouped_conv_lowered():
+    """RegNetY-200MF in float32 and int8: no grouped conv left for a reference kernel. Their latencies are a
+    benchmark's figures, not a test's (`python -m workbench.bench.int8 --lowering`, docs/int8.md)."""
     model = wb.regnet("regnety_200mf", num_classes=3, input_shape=(128, 128, 3))
     calibration = tflite.representative_images(read_photos(128), (128, 128), 20)
     files = {kind: tflite.convert(tflite.converter(model, kind, calibration)) for kind in ("float32", "int8")}
     assert all(tflite.grouped_convs(content) == [] for content in files.values())
-    for delegates in (True, False):
-        ms = tflite.latencies(files, calibration[0], repeats=20, delegates=delegates)
-        assert ms["int8"] < 0.9 * ms["float32"], (delegates, ms)
+    assert tflite.io_types(files["int8"])["input"] == "uint8"
+    probs = tflite.tflite_predict(files["int8"], calibration[:4])
+    assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1, atol=0.05)
 
 
 def read_photos(size):
