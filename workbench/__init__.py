@@ -10,7 +10,7 @@ from workbench.train.distribute import make_strategy  # noqa: E402
 from workbench.models.design import VARIANTS, RegNetConfig, RegNetZConfig, complexity, resolve_variant  # noqa: E402
 from workbench.deploy.export import export, export_all  # noqa: E402
 from workbench.deploy.predict import Predictions, predict  # noqa: E402
-from workbench.train.finetune import finetune
+from workbench.train.finetune import finetune  # noqa: E402
 from workbench.train.result import FinetuneResult  # noqa: E402
 from workbench.data.folders import load_folder  # noqa: E402
 from workbench.data.csv import load_csv  # noqa: E402

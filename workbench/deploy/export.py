@@ -56,7 +56,7 @@ import tensorflow as tf
 
 from workbench.deploy import tflite
 from workbench.deploy.onnx import export_onnx
-from workbench.deploy.tflite import input_size
+from workbench.models.contract import input_size
 from workbench.models.contract import feature_extractor, probabilities
 from workbench.models.layers import portable_graphs
 
@@ -263,4 +263,4 @@ def _export_hub(model, path, class_names, sample_images):
 
 def _export_onnx(model, path, class_names, sample_images):
     size = input_size(model)
-    return export_onnx(model, path, class_names, tflite.check_images(sample_images, size), size)
+    return export_onnx(model, path, class_names, tflite.reference_images(sample_images, size), size)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from workbench.data.pipeline import error_reason
 from workbench.deploy import tflite
-from workbench.deploy.tflite import input_size
+from workbench.models.contract import input_size
 from workbench.deploy.onnx import onnx_session
 from workbench.models.contract import outputs_logits
 from workbench.models.fold import fold_batchnorm

@@ -42,13 +42,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from workbench.models.contract import probabilities
+from workbench.models.contract import input_size, probabilities
 from workbench.models.layers import GroupConv2D, portable_graphs
 
 FILES = {"float32": "model_float32.tflite", "dynamic_range": "model_dynamic_range.tflite",
          "int8": "model_int8.tflite"}
 CALIBRATION_IMAGES = 300
-DEFAULT_IMAGE_SIZE = 224
 # Groups per dense CONV_2D of a lowered grouped convolution: 1 = split, one conv per group, concat.
 GROUPS_PER_CONV = 1
 
@@ -67,12 +66,6 @@ def lowered_grouped_convs(model: keras.Model, groups_per_conv=GROUPS_PER_CONV):
     finally:
         for layer, value in zip(layers, saved):
             layer.groups_per_conv = value
-
-
-def input_size(model: keras.Model) -> tuple[int, int]:
-    """The (height, width) the model is fed; DEFAULT_IMAGE_SIZE where it accepts any size."""
-    shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
-    return int(shape[1] or DEFAULT_IMAGE_SIZE), int(shape[2] or DEFAULT_IMAGE_SIZE)
 
 
 def converter(model: keras.Model, kind: str = "float32", calibration=None, groups_per_conv=GROUPS_PER_CONV,
@@ -185,7 +178,7 @@ def _write(model, path, class_names, sample_images, contents: dict, validation, 
         files[kind].write_bytes(content)
     if class_names:
         labels.write_text("\n".join(class_names) + "\n")
-    images = check_images(sample_images, input_size(model))
+    images = reference_images(sample_images, input_size(model))
     first = next(iter(files.values()))
     result = {"path": str(first), "size_bytes": first.stat().st_size,
               "files": {k: {"path": str(f), "size_bytes": f.stat().st_size} for k, f in files.items()},
@@ -219,7 +212,7 @@ def export_int8(model, path, class_names, sample_images, calibration=None, valid
     return {**result, "calibration_images": int(len(images))}
 
 
-def check_images(sample_images, size, limit: int = 64) -> np.ndarray:
+def reference_images(sample_images, size, limit: int = 64) -> np.ndarray:
     """Images (N, h, w, 3) in 0-255 to check a .tflite with: `sample_images` (an array or a dataset) or,
     when None, the validation photos of `wb.sample_dataset()` (real textures, offline)."""
     if sample_images is None:

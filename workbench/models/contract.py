@@ -148,3 +148,12 @@ def output_activation(model: keras.Model) -> str | None:
 def probabilities(model: keras.Model, outputs):
     """The model's outputs as probabilities (softmax over logits, unchanged otherwise)."""
     return keras.ops.softmax(outputs, axis=-1) if outputs_logits(model) else outputs
+
+
+DEFAULT_IMAGE_SIZE = 224  # what a model that accepts any size is fed by exports and wb.predict
+
+
+def input_size(model: keras.Model) -> tuple[int, int]:
+    """The (height, width) the model is fed; DEFAULT_IMAGE_SIZE where it accepts any size."""
+    shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+    return int(shape[1] or DEFAULT_IMAGE_SIZE), int(shape[2] or DEFAULT_IMAGE_SIZE)
