@@ -66,6 +66,16 @@ def test_the_ops_profile_times_the_convolutions_of_a_train_step_and_an_inference
 
 
 @slow
+def test_the_ops_profile_infers_bf16_with_batchnorm_folded_into_the_convolutions():
+    from workbench.bench.ops import workbench_ops
+
+    result = workbench_ops("regnety_200mf", batch=4, size=64, top=50, precision="mixed_bfloat16")
+    assert result["train"]["groups"]["FusedBatchNorm"] > 0  # training normalizes by batch statistics
+    assert result["infer"]["groups"]["infer: FusedBatchNorm"] == 0  # inference: inside the convolutions
+    assert not [op for op, _, _ in result["infer"]["ops"] if "BatchNorm" in op]
+
+
+@slow
 def test_the_report_cost_benchmark_times_the_tensorboard_callback_and_the_grad_cam():
     from workbench.bench.report_cost import measure
 

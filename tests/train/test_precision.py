@@ -40,6 +40,17 @@ def test_auto_takes_bf16_only_when_clearly_faster_and_caches_the_timing(native_b
     assert precision.choose_precision(model, "auto", batch_size=16).precision == chosen and len(calls) == 2
 
 
+def test_a_new_version_of_the_layers_code_is_timed_afresh(native_bf16, monkeypatch, tmp_path):
+    calls = fake_timer(monkeypatch, {"float32": 1.0, "mixed_bfloat16": 0.5})
+    model = tiny_regnet(size=32)
+    precision.choose_precision(model, "auto", batch_size=8)
+    code = tmp_path / "models"
+    code.mkdir()
+    (code / "batchnorm.py").write_text("# a faster BatchNorm\n")
+    monkeypatch.setattr(precision.models, "__file__", str(code / "__init__.py"))
+    assert "timed" in precision.choose_precision(model, "auto", batch_size=8).reason and len(calls) == 2
+
+
 def test_auto_is_not_timed_without_native_bf16_nor_under_replicas(native_bf16, monkeypatch):
     calls = fake_timer(monkeypatch, {"float32": 1.0, "mixed_bfloat16": 0.1})
     model = tiny_regnet(size=32)

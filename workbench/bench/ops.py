@@ -9,7 +9,9 @@ runtime's threads (in inference, where Grappler runs, a convolution with its
 BatchNorm and ReLU folded in is one `_MklNativeFusedConv2D`), for timm (when
 installed) PyTorch's profiler, self CPU time per `aten::` op. Each runs in its
 own process, once per `--precision` (the workbench through
-`workbench.train.precision.set_precision`, timm under `torch.autocast`). Op
+`workbench.train.precision.set_precision`, inferring in a half precision on a
+copy with BatchNorm folded into the convolutions, as `wb.predict` does; timm
+under `torch.autocast`). Op
 times on two threads may overlap, so their sum can exceed the wall time of the
 step. The table puts the precisions side by side: step wall times, the kernel
 groups of `GROUPS` (seconds; in inference, convolutions with and without
@@ -53,6 +55,7 @@ def workbench_ops(variant, batch, size, top, precision="float32"):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     import workbench as wb
+    from workbench.models.fold import fold_batchnorm
     from workbench.train.precision import set_precision
     from workbench.utils.runtime import training_graph_optimization
 
@@ -89,6 +92,9 @@ def workbench_ops(variant, batch, size, top, precision="float32"):
 
     with training_graph_optimization():  # as finetune trains
         train = profile(lambda: model.train_on_batch(x, y))
+    if precision != "float32":  # as wb.predict infers in a half precision
+        model = fold_batchnorm(model)
+        set_precision(model, precision)
     return {"train": train, "infer": profile(lambda: model.predict_on_batch(x))}
 
 

@@ -258,59 +258,13 @@ def portable_graphs():
     return traced_grouped_convs("chunked")
 
 
+def portable_tracing() -> bool:
+    """True inside `portable_graphs`: layers trace their plainest ops."""
+    return getattr(_TRACED, "form", None) == "chunked"
+
+
 def set_grouped_conv_implementation(model, implementation: str):
     """Set every GroupConv2D of `model` to "auto", "native" (e.g. under XLA) or "chunked"."""
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, GroupConv2D):
             layer.implementation = implementation
-
-
-@keras.saving.register_keras_serializable(package="workbench")
-class BatchNorm(keras.layers.BatchNormalization):
-    """``keras.layers.BatchNormalization`` computed by TF's fused kernel on 4-D inputs.
-
-    Same weights, semantics and moving-statistics update (biased batch
-    variance, as Keras); the fused op and its gradient make one pass over the
-    data where Keras' generic path makes several (about a fifth of a
-    RegNetY-200MF training step on CPU). Other ranks, masks and renorm use Keras' path.
-
-    On a CPU, where oneDNN's bf16 fused kernels are fast only for a multiple of 16 channels (2x
-    float32's speed; 2-9x slower than float32 otherwise) and fp16 has no oneDNN kernel, other half
-    precision inputs are normalized in float32 when training (input cast up, output cast back to the
-    compute dtype) and by a scale and shift in the compute dtype, made in float32 from the moving
-    statistics, in inference (docs/speed.md, "Precision").
-    """
-
-    def _slow_half_kernel(self, channels) -> bool:
-        """True where the fused op in the (bf16 / fp16) compute dtype is slow: a CPU, fp16, or bf16 off 16s."""
-        if self.compute_dtype == "float32" or accelerator_present():
-            return False
-        return self.compute_dtype != "bfloat16" or channels % 16 != 0
-
-    def call(self, inputs, training=None, mask=None):
-        if len(inputs.shape) != 4 or mask is not None or self.renorm or self.axis not in (-1, 3) \
-                or not (self.scale and self.center) or self.compute_dtype == "float64":
-            return super().call(inputs, training=training, mask=mask)
-        # The variables themselves (not Keras' wrappers): a handful of graph ops per layer, not ~35.
-        gamma, beta = self.gamma.value, self.beta.value
-        moving_mean, moving_variance = self.moving_mean.value, self.moving_variance.value
-        slow = self._slow_half_kernel(inputs.shape[-1])
-        if not (bool(training) and self.trainable):
-            x = tf.cast(inputs, self.compute_dtype)
-            if not slow:
-                return tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, mean=moving_mean, variance=moving_variance,
-                                                        epsilon=self.epsilon, is_training=False)[0]
-            scale = gamma * tf.math.rsqrt(moving_variance + self.epsilon)
-            shift = beta - moving_mean * scale
-            return tf.nn.bias_add(x * tf.cast(scale, x.dtype), tf.cast(shift, x.dtype))
-        x = tf.cast(inputs, tf.float32 if slow else self.compute_dtype)
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
-                                                             is_training=True)
-        # The op returns the unbiased batch variance; Keras' moving average uses the biased one.
-        n = x.shape[0] * x.shape[1] * x.shape[2] if None not in x.shape[:3] else \
-            tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-        biased = (n - 1) / n if isinstance(n, int) else tf.maximum(n - 1.0, 1.0) / n
-        rate = 1.0 - self.momentum
-        moving_mean.assign_sub((moving_mean - mean) * rate, read_value=False)
-        moving_variance.assign_sub((moving_variance - variance * biased) * rate, read_value=False)
-        return tf.cast(y, self.compute_dtype)

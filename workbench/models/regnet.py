@@ -15,7 +15,8 @@ import keras
 from workbench.utils import checks
 from workbench.models.contract import CLASSIFIER, DROPOUT, FEATURES
 from workbench.models.design import RegNetConfig, RegNetZConfig, get_config
-from workbench.models.layers import BatchNorm, GroupConv2D
+from workbench.models.batchnorm import BatchNorm, channel_affine
+from workbench.models.layers import GroupConv2D, portable_tracing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,9 +42,13 @@ class Preprocess(keras.layers.Layer):
 
     def call(self, x):
         x = keras.ops.cast(x, self.compute_dtype)
+        scale = [1.0 / (255.0 * s) for s in self.std]
+        if not portable_tracing():  # one fused pass instead of two (exports keep the plain arithmetic)
+            y = channel_affine(x, scale, [-m / s for m, s in zip(self.mean, self.std)])
+            if y is not None:
+                return y
         mean = keras.ops.convert_to_tensor([255.0 * m for m in self.mean], self.compute_dtype)
-        scale = keras.ops.convert_to_tensor([1.0 / (255.0 * s) for s in self.std], self.compute_dtype)
-        return (x - mean) * scale
+        return (x - mean) * keras.ops.convert_to_tensor(scale, self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "mean": self.mean, "std": self.std}

@@ -34,6 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from workbench import models
 from workbench.data.pipeline import cache_root
 from workbench.models.contract import CLASSIFIER
 from workbench.utils import checks
@@ -181,10 +182,12 @@ def _input_shape(model, batch_size, image_size) -> tuple[int, int, int, int]:
 
 
 def _cache_key(model, shape) -> str:
-    """Machine (CPU, cores, TensorFlow) and model (layers, parameters, what trains, input) in a name."""
+    """Machine (CPU, cores, TensorFlow), model (layers, parameters, what trains, input) and the code of the
+    workbench's layers (a new version may compute them faster in one precision) in a name."""
     import tensorflow as tf
 
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    layers = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(Path(models.__file__).parent.glob("*.py"))))
     signature = [cpu.group(1) if cpu else "", os.cpu_count(), tf.__version__, model.name, len(model.layers),
-                 model.count_params(), len(model.trainable_weights), shape]
+                 model.count_params(), len(model.trainable_weights), shape, layers.hexdigest()]
     return f"{model.name}-" + hashlib.sha1(json.dumps(signature, default=str).encode()).hexdigest()[:16]
