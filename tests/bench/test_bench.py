@@ -84,3 +84,13 @@ def test_the_report_cost_benchmark_times_the_tensorboard_callback_and_the_grad_c
     assert 0 < r["tensorboard_seconds"] < r["finetune_seconds"]
     assert r["tensorboard_share"] == pytest.approx(r["tensorboard_seconds"] / r["finetune_seconds"], abs=1e-3)
     assert r["top_losses_seconds"] > 0 and r["top_losses_gradcam_seconds"] > 0
+
+
+def test_the_batchnorm_benchmark_times_every_form_and_names_the_shapes_it_knows(capsys):
+    from workbench.bench.batchnorm import FORMS, main, measure
+
+    ms = measure(8, 24, batch=2)
+    assert list(ms) == list(FORMS) and all(v > 0 for v in ms.values())
+    with pytest.raises(SystemExit):
+        main(["--shapes", "200MF,800MF"])
+    assert "unknown shapes ['800MF']; choose from 200MF, 600MF" in capsys.readouterr().err

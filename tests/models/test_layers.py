@@ -1,4 +1,6 @@
-"""GroupConv2D must match keras.layers.Conv2D(groups=G) with padding "same" or "valid"."""
+"""GroupConv2D must match keras.layers.Conv2D(groups=G) with padding "same" or "valid"; PointwiseConv2D a 1x1 Conv2D."""
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -154,3 +156,27 @@ def test_mixed_precision(policy):
     assert layer.kernel.dtype == "float32"
     grad = tape.gradient(loss, layer.kernel.value)
     assert grad is not None and np.isfinite(grad.numpy()).all()
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_pointwise_conv_is_conv2d_with_the_same_weights(size):
+    """On a 1x1 input (squeeze-and-excitation) a matmul, elsewhere and in exports the convolution: the same
+    outputs and gradients as keras.layers.Conv2D."""
+    from workbench.models.layers import PointwiseConv2D
+
+    x = tf.constant(np.random.default_rng(size).normal(size=(4, size, size, 24)).astype("float32"))
+    ours = PointwiseConv2D(8, 1, activation="relu", use_bias=True, bias_initializer="random_normal")
+    ref = keras.layers.Conv2D(8, 1, activation="relu", use_bias=True)
+    ours.build(x.shape), ref.build(x.shape)
+    ref.set_weights(ours.get_weights())
+    results = []
+    for layer, tracing in ((ours, contextlib.nullcontext()), (ours, portable_graphs()), (ref, contextlib.nullcontext())):
+        with tracing, tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * tf.sin(x[..., :8]))
+        results.append([loss, *tape.gradient(loss, [x, layer.kernel.value, layer.bias.value])])
+    for ours_result, traced, reference in zip(*results):
+        np.testing.assert_allclose(ours_result.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(traced.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+    ops = {op.type for op in tf.function(ours).get_concrete_function(x).graph.get_operations()}
+    assert ("MatMul" in ops) == (size == 1) and ("Conv2D" in ops) == (size != 1)

@@ -19,6 +19,9 @@ summation order). Chunks of about 16 input channels measured best (default:
 forms. The chunked graph is plain Split/Tile/Mul/Conv2D/ConcatV2, which every
 TensorFlow build runs and TFLite converts, so exports are traced in it
 (`portable_graphs`). On GPU/TPU the native grouped op is used.
+
+``PointwiseConv2D`` is a 1x1 ``Conv2D`` computed as one matmul on a 1x1 input
+(squeeze-and-excitation), where oneDNN's per-call cost dominates.
 """
 
 import contextlib
@@ -239,6 +242,20 @@ class GroupConv2D(keras.layers.Layer):
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             implementation=self.implementation, groups_per_conv=self.groups_per_conv)
         return config
+
+
+@keras.saving.register_keras_serializable(package="workbench")
+class PointwiseConv2D(keras.layers.Conv2D):
+    """A 1x1 ``Conv2D`` (same weights) that on a 1x1 input, as in squeeze-and-excitation, is one matmul:
+    forward and backward 2-4x faster than oneDNN's convolution on a CPU, whose per-call cost dominates
+    such small convolutions (docs/speed.md, "Precision"). Exports trace the convolution."""
+
+    def convolution_op(self, inputs, kernel):
+        if tuple(inputs.shape[1:3]) != (1, 1) or tuple(self.kernel_size) != (1, 1) or self.groups != 1 \
+                or self.data_format != "channels_last" or portable_tracing():
+            return super().convolution_op(inputs, kernel)
+        y = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), tf.reshape(kernel, [-1, self.filters]))
+        return tf.reshape(y, [-1, 1, 1, self.filters])
 
 
 @contextlib.contextmanager

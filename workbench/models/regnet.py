@@ -16,7 +16,7 @@ from workbench.utils import checks
 from workbench.models.contract import CLASSIFIER, DROPOUT, FEATURES
 from workbench.models.design import RegNetConfig, RegNetZConfig, get_config
 from workbench.models.batchnorm import BatchNorm, channel_affine
-from workbench.models.layers import GroupConv2D, portable_tracing
+from workbench.models.layers import GroupConv2D, PointwiseConv2D, portable_tracing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,16 +104,16 @@ def _conv3x3(x, filters, stride, groups, symmetric, seed, name):
                        kernel_initializer=_he(seed, name), name=name)(x)
 
 
-def _conv1x1(x, filters, seed, name, stride=1, **kwargs):
-    return keras.layers.Conv2D(filters, 1, strides=stride, kernel_initializer=_he(seed, name), name=name,
-                               **{"use_bias": False, **kwargs})(x)
+def _conv1x1(x, filters, seed, name, stride=1, layer=keras.layers.Conv2D, **kwargs):
+    return layer(filters, 1, strides=stride, kernel_initializer=_he(seed, name), name=name,
+                 **{"use_bias": False, **kwargs})(x)
 
 
 def _se(y, w_se, w_b, act, seed, name):
     """Squeeze-and-excitation on `y` (w_b channels) through w_se channels."""
     s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(y)
-    s = _conv1x1(s, w_se, seed, f"{name}_se_reduce", activation=act, use_bias=True)
-    s = _conv1x1(s, w_b, seed, f"{name}_se_expand", activation="sigmoid", use_bias=True)
+    s = _conv1x1(s, w_se, seed, f"{name}_se_reduce", layer=PointwiseConv2D, activation=act, use_bias=True)
+    s = _conv1x1(s, w_b, seed, f"{name}_se_expand", layer=PointwiseConv2D, activation="sigmoid", use_bias=True)
     return keras.layers.Multiply(name=f"{name}_se_scale")([y, s])
 
 
