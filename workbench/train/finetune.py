@@ -229,16 +229,21 @@ class _Run:
         asked = self.setup.precision
         self.precision_choice = choose_precision(self.model, asked, self.data.batch_size,
                                                  getattr(self.data, "image_size", None),
-                                                 self.strategy.num_replicas_in_sync)
+                                                 self.strategy.num_replicas_in_sync,
+                                                 steps=self.steps_per_epoch() * self.epochs,
+                                                 phases=len(self.schedule.steps))
         self.setup = replace(self.setup, precision=self.precision_choice.precision)
         if asked == "auto":
             self.say(f"Precision auto: {self.precision_choice.reason}; {self.setup.precision} chosen.")
 
+    def steps_per_epoch(self) -> int:
+        n = int(self.data.train.cardinality())
+        return n if n > 0 else steps_per_epoch(self.data.num_train, self.data.batch_size)
+
     def compile(self):
         """Step 3: AdamW (or the given optimizer) under warmup + cosine, wrapped for discriminative rates."""
         opt, setup = self.opt, self.setup
-        n = int(self.data.train.cardinality())
-        self.steps = n if n > 0 else steps_per_epoch(self.data.num_train, self.data.batch_size)
+        self.steps = self.steps_per_epoch()
         total = self.steps * self.epochs
         schedule = WarmupCosine(opt.lr, total_steps=max(total, 1), warmup_steps=int(opt.warmup * total),
                                 final_lr_frac=0.01)

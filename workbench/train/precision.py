@@ -3,14 +3,18 @@
 `resolve_precision("auto")` picks `mixed_bfloat16` on a TPU, `mixed_float16`
 on a GPU with tensor cores (compute capability 7.0 or newer), and `float32`
 on every other machine. On a CPU with native bf16 (AVX512-BF16 or AMX) the
-answer depends on the model: measured side by side (docs/speed.md,
-"Precision"), `mixed_bfloat16` trained RegNetY-200MF at 1.08x and 600MF at
-1.55x float32's speed (batch 32, 224 px), while tiny models train slower in
-it. So `finetune` decides "auto" there with `choose_precision`: one training
-step (forward and backward) of the user's own model, at the run's batch and
-image size, timed in both precisions and cached per machine and model shape;
-bf16 is chosen only when its step is faster by more than `MARGIN`. A run under
-several replicas or workers is not timed (each worker could decide
+answer depends on the model and the run (docs/speed.md, "Precision"): a
+RegNetY-600MF step at 224 px ran 1.6x faster in bf16 and a 200MF step 1.3-1.4x,
+but bf16's first steps also cost more (its graph is larger to trace), which a
+short run does not earn back (the main job, 70 steps at 128 px: 18 s of
+training in bf16 against 15 s in float32). So
+`finetune` decides "auto" there with `choose_precision`: a clone of the user's
+model takes its first training step (trace included) and then a few more in
+each precision, at the run's batch and image size, timed and cached per
+machine, model shape and version of the workbench's layers; bf16 is chosen when
+the run's estimated training time, `TRACES` first steps per unfreeze phase plus
+its steps at the timed rate, is shorter in bf16 by more than `MARGIN`. A run
+under several replicas or workers is not timed (each worker could decide
 differently): it trains in float32.
 
 `training_precision(model, precision)` sets every layer's dtype policy for the
@@ -41,11 +45,16 @@ from workbench.utils import checks
 from workbench.utils.runtime import training_graph_optimization
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-# "auto" takes bf16 only when a training step is this much faster in it: the rest of an epoch (input
-# pipeline, evaluation, callbacks) does not speed up. On a 2-core EPYC with AVX512-BF16 the main job's
-# step timed 1.11x faster in bf16 and its epochs took as long (train_seconds 16.4-17.1 s in bf16, 16.8-17.1 s
-# in float32), while 200MF / 600MF at 224 px timed 1.23x / 1.50x and trained 1.18x / 1.45x faster.
-MARGIN = 0.15
+# Per unfreeze phase a run traces its training step, the BatchNorm re-estimation and the evaluation; each
+# costs about one first step. "auto" takes bf16 when the run's estimate is this much shorter in it: the
+# input pipeline and callbacks do not speed up. Measured on a 2-core EPYC with AVX512-BF16, RegNetY-200MF,
+# batch 32: the main job (128 px, 70 steps, one phase) trained 15.1-15.7 s in float32 and 18.1-18.7 s in
+# bf16 (a 1-epoch finetune: 4.7 against 8.1 s); its timing (bf16 first) gave steps of 0.101 / 0.087 s and
+# first steps of 1.0 / 1.7 s, so estimates of 10.1 / 11.2 s: float32. At 224 px, 35 steps trained 17.8 s in
+# float32 and 20.1 s in bf16 (estimates 13.0 / 11.9 s: float32, within MARGIN); at 224 px the steps ran
+# 1.33x faster in bf16 in the run (0.45 against 0.375 s), so a run of a few hundred steps gains.
+TRACES = 3
+MARGIN = 0.10
 
 
 def cpu_has_native_bf16() -> bool:
@@ -99,19 +108,20 @@ def training_precision(model: keras.Model, precision: str):
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """The precision a run trains in, why, and the seconds per training step that decided it."""
+    """The precision a run trains in, why, and the timing that decided it."""
 
     precision: str
     reason: str
-    seconds: dict = field(default_factory=dict)  # {policy: seconds per step}, when timed
+    seconds: dict = field(default_factory=dict)  # {policy: {"first": s, "step": s}}, when timed
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def choose_precision(model: keras.Model, precision: str, batch_size: int, image_size=None,
-                     replicas: int = 1) -> PrecisionChoice:
-    """`precision` for training `model` on batches of `batch_size`; "auto" decided as the module says."""
+                     replicas: int = 1, steps: int | None = None, phases: int = 1) -> PrecisionChoice:
+    """`precision` for training `model` on batches of `batch_size` for `steps` steps (None: many) in
+    `phases` unfreeze phases; "auto" decided as the module says."""
     checks.one_of("precision", precision, PRECISIONS)
     if precision != "auto":
         return PrecisionChoice(precision, "asked for")
@@ -125,55 +135,61 @@ def choose_precision(model: keras.Model, precision: str, batch_size: int, image_
     shape = _input_shape(model, batch_size, image_size)
     path = cache_root() / "precision" / f"{_cache_key(model, shape)}.json"
     try:
-        seconds, how = json.loads(path.read_text()), "cached"
+        seconds, how = _cached(path), "cached"
     except (OSError, ValueError):
         seconds, how = time_precisions(model, shape), "timed"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(seconds))
-    bf16 = seconds["mixed_bfloat16"] < (1 - MARGIN) * seconds["float32"]
-    ratio = seconds["float32"] / seconds["mixed_bfloat16"]
-    return PrecisionChoice("mixed_bfloat16" if bf16 else "float32",
-                           f"a training step of this model ({'x'.join(map(str, shape))}) {how}: "
-                           f"mixed_bfloat16 {ratio:.2f}x float32's speed", seconds)
+    f32, bf16 = seconds["float32"], seconds["mixed_bfloat16"]
+    timed = (f"{'x'.join(map(str, shape))} {how}: a step in mixed_bfloat16 {f32['step'] / bf16['step']:.2f}x "
+             f"float32's speed, a first step {bf16['first']:.1f} s against {f32['first']:.1f} s")
+    if steps is None:
+        faster = bf16["step"] < (1 - MARGIN) * f32["step"]
+        return PrecisionChoice("mixed_bfloat16" if faster else "float32", f"this model ({timed})", seconds)
+    estimate = {p: TRACES * phases * t["first"] + steps * t["step"] for p, t in seconds.items()}
+    faster = estimate["mixed_bfloat16"] < (1 - MARGIN) * estimate["float32"]
+    return PrecisionChoice("mixed_bfloat16" if faster else "float32",
+                           f"this model ({timed}); for {steps} steps in {phases} phase(s) an estimated "
+                           f"{estimate['mixed_bfloat16']:.0f} s in mixed_bfloat16 against "
+                           f"{estimate['float32']:.0f} s in float32", seconds)
 
 
 def time_precisions(model: keras.Model, shape, repeats: int = 3) -> dict:
-    """{policy: median seconds} of one training step (forward, backward) of a clone of `model` on `shape`.
+    """{policy: {"first": s, "step": median s}}: the first training step (trace included) and the next ones
+    of a clone of `model` per precision, on random images of `shape` against a mean-squared-error loss.
 
-    The clone has the model's layers and trainable flags (not its weights, which do not change the time);
-    the two precisions' steps alternate, so a busy machine slows both alike.
+    The clones have the model's layers and trainable flags (not its weights, which do not change the time);
+    the precisions' steps alternate, so a busy machine slows both alike.
     """
     import tensorflow as tf
 
-    clone = keras.models.clone_model(model)
     x = tf.random.uniform(shape, 0, 255, seed=0)
-    steps = {}
+    clones, first = {}, {}
     with training_graph_optimization():
-        for policy in ("float32", "mixed_bfloat16"):
+        for policy in ("mixed_bfloat16", "float32"):  # bf16 pays the process's one-time costs: leans to float32
+            clone = clones[policy] = keras.models.clone_model(model)
             set_precision(clone, policy)
-            steps[policy] = _train_step(clone, x)
-            steps[policy]()  # traced under this policy; later calls replay that graph
-        times = {policy: [] for policy in steps}
+            clone.compile(keras.optimizers.SGD(0.01), "mse")
+            y = np.zeros((shape[0], *clone.output_shape[1:]), "float32")
+            start = time.perf_counter()
+            clone.train_on_batch(x, y)
+            first[policy] = time.perf_counter() - start
+        times = {policy: [] for policy in clones}
         for _ in range(repeats):
-            for policy, step in steps.items():
+            for policy, clone in clones.items():
                 start = time.perf_counter()
-                step()
+                clone.train_on_batch(x, y)
                 times[policy].append(time.perf_counter() - start)
-    return {policy: float(np.median(t)) for policy, t in times.items()}
+    return {policy: {"first": first[policy], "step": float(np.median(t))} for policy, t in times.items()}
 
 
-def _train_step(model, x):
-    import tensorflow as tf
-
-    variables = model.trainable_variables
-
-    @tf.function(jit_compile=False)
-    def step():
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(tf.cast(model(x, training=True), tf.float32)))
-        return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in tape.gradient(loss, variables)])
-
-    return lambda: step().numpy()
+def _cached(path: Path) -> dict:
+    """The timing cached at `path`; ValueError where it is not one of `time_precisions`."""
+    seconds = json.loads(path.read_text())
+    if not all(isinstance(seconds.get(p), dict) and {"first", "step"} <= set(seconds[p])
+               for p in ("float32", "mixed_bfloat16")):
+        raise ValueError(f"{path} is not a timing of both precisions")
+    return seconds
 
 
 def _input_shape(model, batch_size, image_size) -> tuple[int, int, int, int]:
