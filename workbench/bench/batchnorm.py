@@ -13,7 +13,6 @@ bf16 speed: elsewhere bf16 is emulated.
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
 
@@ -29,14 +28,15 @@ def measure(size, channels, batch, forms=FORMS):
     """{form: ms} of one forward + backward at (batch, size, size, channels)."""
     import tensorflow as tf
 
-    from workbench.models.batchnorm import _float32, _fused, _training_on_view
+    from workbench.models.batchnorm import _float32, _fused, _training_on_view, view_parts
     from workbench.utils.timing import median_seconds
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(1.0, 2.0, (batch, size, size, channels)).astype("float32"))
     dy = tf.constant(rng.normal(0.0, 1.0, x.shape).astype("float32"))
     gamma, beta = tf.ones([channels]), tf.zeros([channels])
-    k = 16 // math.gcd(channels, 16)
+    k = view_parts(channels)
+
     def fused(x):
         return _fused(x, gamma, beta, 1e-5)
 

@@ -86,14 +86,28 @@ def _float32(x, gamma, beta, epsilon, mean=None, variance=None):
     return (tf.cast(y, x.dtype), *stats)
 
 
+def view_parts(channels: int) -> int:
+    """k: how many pixels the view puts side by side to reach a multiple of 16 channels."""
+    return 16 // math.gcd(int(channels), 16)
+
+
+def _view_divides(x, k):
+    """True / False where the pixels of `x` are known (when traced) to divide into groups of k, else None."""
+    if None not in x.shape[:3]:
+        return x.shape[0] * x.shape[1] * x.shape[2] % k == 0
+    if None not in x.shape[1:3] and x.shape[1] * x.shape[2] % k == 0:
+        return True
+    return None
+
+
 def _on_view_or_float32(x, on_view, float32, path):
     """`on_view(k)` where the pixels of `x` divide into groups of k (decided when traced, else when run)."""
     if path == "float32":
         return float32()
-    k = 16 // math.gcd(int(x.shape[-1]), 16)
-    pixels = x.shape[0] * x.shape[1] * x.shape[2] if None not in x.shape[:3] else None
-    if pixels is not None or (None not in x.shape[1:3] and x.shape[1] * x.shape[2] % k == 0):
-        return on_view(k) if pixels is None or pixels % k == 0 else float32()
+    k = view_parts(x.shape[-1])
+    divides = _view_divides(x, k)
+    if divides is not None:
+        return on_view(k) if divides else float32()
     return tf.cond(tf.equal(tf.size(x, out_type=tf.int64) // x.shape[-1] % k, 0), lambda: on_view(k), float32)
 
 
@@ -108,15 +122,14 @@ def _tiled(k, *vectors):
 def channel_affine(x, scale, shift):
     """`x * scale + shift` along the last axis of a 4-D `x` in one pass of the fused op's inference kernel on
     a view with a multiple of 16 channels (where Mul and Add make two slower passes; for RGB 5-8x faster);
-    None where the view does not divide the pixels (H x W known when traced) or `x` is not float32 or bf16."""
-    k = 16 // math.gcd(int(x.shape[-1]), 16)
-    if x.dtype not in (tf.float32, tf.bfloat16) or None in x.shape[1:3] or x.shape[1] * x.shape[2] % k:
+    None where the view is not known (when traced) to divide the pixels or `x` is not float32 or bf16."""
+    k = view_parts(x.shape[-1])
+    if x.dtype not in (tf.float32, tf.bfloat16) or not _view_divides(x, k):
         return None
     epsilon = 1e-3
-    ones = tf.ones([k * x.shape[-1]])
-    y = _fused(_view(x, k), *_tiled(k, tf.constant(scale, tf.float32), tf.constant(shift, tf.float32)), epsilon,
-               0 * ones, ones - epsilon)[0]
-    return tf.reshape(y, tf.shape(x))
+    ones = tf.ones([x.shape[-1]])
+    return _inference_on_view(x, tf.constant(scale, tf.float32), tf.constant(shift, tf.float32), 0 * ones,
+                              ones - epsilon, epsilon, k)
 
 
 def _inference_on_view(x, gamma, beta, mean, variance, epsilon, k):

@@ -164,13 +164,13 @@ def time_precisions(model: keras.Model, shape, repeats: int = 3) -> dict:
     import tensorflow as tf
 
     x = tf.random.uniform(shape, 0, 255, seed=0)
+    y = np.zeros((shape[0], *model.output_shape[1:]), "float32")
     clones, first = {}, {}
     with training_graph_optimization():
         for policy in ("mixed_bfloat16", "float32"):  # bf16 pays the process's one-time costs: leans to float32
             clone = clones[policy] = keras.models.clone_model(model)
             set_precision(clone, policy)
             clone.compile(keras.optimizers.SGD(0.01), "mse")
-            y = np.zeros((shape[0], *clone.output_shape[1:]), "float32")
             start = time.perf_counter()
             clone.train_on_batch(x, y)
             first[policy] = time.perf_counter() - start
